@@ -1,0 +1,92 @@
+#include "checks.h"
+
+#include <cmath>
+#include <string>
+
+#include <ATen/ATen.h>
+
+namespace torch_quant {
+
+Mode parse_mode(const char* op, std::string_view mode) {
+  if (mode == "symmetric") return Mode::Symmetric;
+  if (mode == "asymmetric") return Mode::Asymmetric;
+  TORCH_CHECK(false, op, ": mode must be 'symmetric' or 'asymmetric', got '",
+              std::string(mode), "'");
+}
+
+void check_bits(const char* op, int64_t bits) {
+  TORCH_CHECK(bits >= 2 && bits <= 8, op, ": bits must be in [2, 8], got ", bits);
+}
+
+void check_float_input(const char* op, const char* name, const at::Tensor& x) {
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op, ": ", name,
+              " must be float32, float16 or bfloat16, got ", t);
+}
+
+int64_t normalize_axis(const char* op, const at::Tensor& x, int64_t axis) {
+  const int64_t dim = x.dim();
+  TORCH_CHECK(axis >= -dim && axis < dim && dim > 0, op, ": axis ", axis,
+              " is out of range for a tensor of ", dim, " dimension(s)");
+  return axis < 0 ? axis + dim : axis;
+}
+
+ParamLayout channel_layout(const at::Tensor& x, int64_t axis) {
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= x.size(d);
+  for (int64_t d = axis + 1; d < x.dim(); ++d) inner *= x.size(d);
+  return {outer, x.size(axis), inner};
+}
+
+ParamLayout check_qparams(const char* op, const char* x_name, const at::Tensor& x,
+                          const at::Tensor& scale, const at::Tensor& zero_point,
+                          std::optional<int64_t> axis) {
+  TORCH_CHECK(scale.is_floating_point(), op, ": scale must be a floating-point tensor, got ",
+              scale.scalar_type());
+  TORCH_CHECK(!c10::isFloatingType(zero_point.scalar_type()) &&
+                  !c10::isComplexType(zero_point.scalar_type()) &&
+                  zero_point.scalar_type() != at::kBool,
+              op, ": zero_point must be an integer tensor, got ", zero_point.scalar_type());
+  TORCH_CHECK(scale.device() == x.device(), op, ": scale is on ", scale.device(), " but ",
+              x_name, " is on ", x.device());
+  TORCH_CHECK(zero_point.device() == x.device(), op, ": zero_point is on ",
+              zero_point.device(), " but ", x_name, " is on ", x.device());
+  TORCH_CHECK(scale.sizes() == zero_point.sizes(), op,
+              ": scale and zero_point must have the same shape, got ", scale.sizes(),
+              " and ", zero_point.sizes());
+  TORCH_CHECK(scale.numel() > 0 || x.numel() == 0, op, ": scale is empty but ", x_name,
+              " has ", x.numel(), " elements");
+  if (axis.has_value()) {
+    const int64_t k = normalize_axis(op, x, *axis);
+    TORCH_CHECK(scale.dim() == 1 && scale.size(0) == x.size(k), op,
+                ": with axis=", *axis, " scale must have shape [", x.size(k), "] (", x_name,
+                ".size(", *axis, ")), got ", scale.sizes());
+    return channel_layout(x, k);
+  }
+  if (scale.numel() == 1) return {1, 1, x.numel()};
+  const bool per_token =
+      x.dim() >= 1 && scale.sizes() == x.sizes().slice(0, x.dim() - 1);
+  TORCH_CHECK(per_token, op, ": with axis=None scale must have one element (per tensor) or ",
+              "the shape ", x_name, ".shape[:-1] (per token), got ", scale.sizes(),
+              " for ", x_name, " of shape ", x.sizes());
+  const int64_t k = x.size(-1);
+  return {1, k == 0 ? 0 : x.numel() / k, k};
+}
+
+void check_qparam_values(const char* op, const at::Tensor& scale,
+                         const at::Tensor& zero_point, QRange range) {
+  const float* s = scale.const_data_ptr<float>();
+  for (int64_t i = 0; i < scale.numel(); ++i) {
+    TORCH_CHECK(s[i] > 0.0f && is_finite(s[i]) && is_finite(1.0f / s[i]), op,
+                ": scale must be finite and > 0 (with a finite reciprocal), got ", s[i],
+                scale.dim() > 0 ? " at index " + std::to_string(i) : std::string());
+  }
+  const int64_t* z = zero_point.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < zero_point.numel(); ++i) {
+    TORCH_CHECK(z[i] >= range.qmin && z[i] <= range.qmax, op, ": zero_point must be in [",
+                range.qmin, ", ", range.qmax, "], got ", z[i],
+                zero_point.dim() > 0 ? " at index " + std::to_string(i) : std::string());
+  }
+}
+
+}  // namespace torch_quant

@@ -1,0 +1,37 @@
+// The row kernels compiled for AVX2 (target: avx2,fma,f16c). Reached only
+// when isa.cpp finds the CPU supports it; elsewhere (or off x86) these names
+// hold the scalar build so that the program still links.
+#include <cmath>
+#include <cstdint>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "../quant_math.h"
+#include "row_kernels.h"
+#include "scalar_vec.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#include "vec_avx2.h"
+namespace torch_quant::cpu::avx2 {
+using V = Vec256;
+#include "row_kernels_impl.h"
+}  // namespace torch_quant::cpu::avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#else
+namespace torch_quant::cpu::avx2 {
+using V = ScalarVec;
+#include "row_kernels_impl.h"
+}  // namespace torch_quant::cpu::avx2
+#endif

@@ -1,0 +1,194 @@
+// The body of the row kernels declared in row_kernels.h, written once for any
+// vector type Vec (vec_avx2.h, vec_avx512.h, or scalar_vec.h) and compiled
+// once per ISA by kernels_<isa>.cpp inside its own namespace. The vector loop
+// does exactly the float operations of quant_math.h in the same order, and the
+// tail uses quant_math.h itself, so every ISA gives bit-identical results.
+//
+// Include this file inside the ISA's namespace, after its target pragma and
+// after `using V = <vector type>;`.
+
+template <typename T>
+inline float to_float(T v) {
+  return static_cast<float>(v);
+}
+
+template <typename Vec, typename In>
+void minmax_impl(const In* x, int64_t n, float* lo, float* hi) {
+  float l = INFINITY, h = -INFINITY;
+  int64_t i = 0;
+  if constexpr (Vec::W > 1) {
+    // Two accumulator pairs hide the latency of min/max.
+    typename Vec::F l0 = Vec::set1(INFINITY), l1 = l0, h0 = Vec::set1(-INFINITY), h1 = h0;
+    const typename Vec::F pinf = l0, ninf = h0;
+    for (; i + 2 * Vec::W <= n; i += 2 * Vec::W) {
+      typename Vec::F a = Vec::load(x + i), b = Vec::load(x + i + Vec::W);
+      l0 = Vec::min(l0, Vec::if_finite(a, pinf));
+      h0 = Vec::max(h0, Vec::if_finite(a, ninf));
+      l1 = Vec::min(l1, Vec::if_finite(b, pinf));
+      h1 = Vec::max(h1, Vec::if_finite(b, ninf));
+    }
+    for (; i + Vec::W <= n; i += Vec::W) {
+      typename Vec::F a = Vec::load(x + i);
+      l0 = Vec::min(l0, Vec::if_finite(a, pinf));
+      h0 = Vec::max(h0, Vec::if_finite(a, ninf));
+    }
+    l = Vec::reduce_min(Vec::min(l0, l1));
+    h = Vec::reduce_max(Vec::max(h0, h1));
+  }
+  for (; i < n; ++i) {
+    const float v = to_float(x[i]);
+    if (torch_quant::is_finite(v)) {
+      l = fminf(l, v);
+      h = fmaxf(h, v);
+    }
+  }
+  *lo = fminf(*lo, l);
+  *hi = fmaxf(*hi, h);
+}
+
+template <typename Vec, typename In>
+void minmax_columns_impl(const In* x, int64_t n, float* lo, float* hi) {
+  int64_t i = 0;
+  if constexpr (Vec::W > 1) {
+    const typename Vec::F pinf = Vec::set1(INFINITY), ninf = Vec::set1(-INFINITY);
+    for (; i + Vec::W <= n; i += Vec::W) {
+      typename Vec::F a = Vec::load(x + i);
+      Vec::store(lo + i, Vec::min(Vec::load(lo + i), Vec::if_finite(a, pinf)));
+      Vec::store(hi + i, Vec::max(Vec::load(hi + i), Vec::if_finite(a, ninf)));
+    }
+  }
+  for (; i < n; ++i) {
+    const float v = to_float(x[i]);
+    if (torch_quant::is_finite(v)) {
+      lo[i] = fminf(lo[i], v);
+      hi[i] = fmaxf(hi[i], v);
+    }
+  }
+}
+
+
+template <typename Vec, typename In, typename Q>
+void quantize_impl(const In* x, int64_t n, float inv_scale, float zero_point, float qmin,
+              float qmax, Q* q) {
+  int64_t i = 0;
+  if constexpr (Vec::W > 1) {
+    const typename Vec::F vinv = Vec::set1(inv_scale), vzp = Vec::set1(zero_point),
+                        vlo = Vec::set1(qmin), vhi = Vec::set1(qmax);
+    for (; i + Vec::W <= n; i += Vec::W) {
+      const typename Vec::F a = Vec::load(x + i);
+      typename Vec::F r = Vec::round(Vec::fmadd(a, vinv, vzp));
+      r = Vec::min(Vec::max(r, vlo), vhi);
+      Vec::store(q + i, Vec::if_nan(a, r, vzp));
+    }
+  }
+  for (; i < n; ++i) {
+    q[i] = static_cast<Q>(
+        torch_quant::quantize_val(to_float(x[i]), inv_scale, zero_point, qmin, qmax));
+  }
+}
+
+template <typename Vec, typename In, typename Q>
+void quantize_pc_impl(const In* x, int64_t n, const float* inv_scale, const float* zero_point,
+                 float qmin, float qmax, Q* q) {
+  int64_t i = 0;
+  if constexpr (Vec::W > 1) {
+    const typename Vec::F vlo = Vec::set1(qmin), vhi = Vec::set1(qmax);
+    for (; i + Vec::W <= n; i += Vec::W) {
+      const typename Vec::F a = Vec::load(x + i), vzp = Vec::load(zero_point + i);
+      typename Vec::F r = Vec::round(Vec::fmadd(a, Vec::load(inv_scale + i), vzp));
+      r = Vec::min(Vec::max(r, vlo), vhi);
+      Vec::store(q + i, Vec::if_nan(a, r, vzp));
+    }
+  }
+  for (; i < n; ++i) {
+    q[i] = static_cast<Q>(torch_quant::quantize_val(to_float(x[i]), inv_scale[i],
+                                                    zero_point[i], qmin, qmax));
+  }
+}
+
+template <typename Vec, typename Q, typename Out>
+void dequantize_impl(const Q* q, int64_t n, float scale, float zero_point, Out* x) {
+  int64_t i = 0;
+  if constexpr (Vec::W > 1) {
+    const typename Vec::F vs = Vec::set1(scale), vzp = Vec::set1(zero_point);
+    for (; i + Vec::W <= n; i += Vec::W) {
+      Vec::store(x + i, Vec::mul(Vec::sub(Vec::load(q + i), vzp), vs));
+    }
+  }
+  for (; i < n; ++i) {
+    x[i] = static_cast<Out>(torch_quant::dequantize_val(q[i], scale, zero_point));
+  }
+}
+
+template <typename Vec, typename Q, typename Out>
+void dequantize_pc_impl(const Q* q, int64_t n, const float* scale, const float* zero_point,
+                   Out* x) {
+  int64_t i = 0;
+  if constexpr (Vec::W > 1) {
+    for (; i + Vec::W <= n; i += Vec::W) {
+      Vec::store(x + i, Vec::mul(Vec::sub(Vec::load(q + i), Vec::load(zero_point + i)),
+                             Vec::load(scale + i)));
+    }
+  }
+  for (; i < n; ++i) {
+    x[i] = static_cast<Out>(torch_quant::dequantize_val(q[i], scale[i], zero_point[i]));
+  }
+}
+
+// The names row_kernels.h declares, bound to this ISA's vector type.
+template <typename In>
+void minmax(const In* x, int64_t n, float* lo, float* hi) {
+  minmax_impl<V, In>(x, n, lo, hi);
+}
+
+template <typename In>
+void minmax_columns(const In* x, int64_t n, float* lo, float* hi) {
+  minmax_columns_impl<V, In>(x, n, lo, hi);
+}
+
+template <typename In, typename Q>
+void quantize(const In* x, int64_t n, float inv_scale, float zero_point, float qmin,
+              float qmax, Q* q) {
+  quantize_impl<V, In, Q>(x, n, inv_scale, zero_point, qmin, qmax, q);
+}
+
+template <typename In, typename Q>
+void quantize_pc(const In* x, int64_t n, const float* inv_scale, const float* zero_point,
+                 float qmin, float qmax, Q* q) {
+  quantize_pc_impl<V, In, Q>(x, n, inv_scale, zero_point, qmin, qmax, q);
+}
+
+template <typename Q, typename Out>
+void dequantize(const Q* q, int64_t n, float scale, float zero_point, Out* x) {
+  dequantize_impl<V, Q, Out>(q, n, scale, zero_point, x);
+}
+
+template <typename Q, typename Out>
+void dequantize_pc(const Q* q, int64_t n, const float* scale, const float* zero_point,
+                   Out* x) {
+  dequantize_pc_impl<V, Q, Out>(q, n, scale, zero_point, x);
+}
+
+// Explicit instantiations: every (input, code) and (code, output) pair the ops use.
+#define TQ_INSTANTIATE_IN(In)                                                         \
+  template void minmax<In>(const In*, int64_t, float*, float*);                       \
+  template void minmax_columns<In>(const In*, int64_t, float*, float*);               \
+  template void quantize<In, int8_t>(const In*, int64_t, float, float, float, float,  \
+                                     int8_t*);                                        \
+  template void quantize<In, uint8_t>(const In*, int64_t, float, float, float, float, \
+                                      uint8_t*);                                      \
+  template void quantize_pc<In, int8_t>(const In*, int64_t, const float*,             \
+                                        const float*, float, float, int8_t*);         \
+  template void quantize_pc<In, uint8_t>(const In*, int64_t, const float*,            \
+                                         const float*, float, float, uint8_t*);       \
+  template void dequantize<int8_t, In>(const int8_t*, int64_t, float, float, In*);    \
+  template void dequantize<uint8_t, In>(const uint8_t*, int64_t, float, float, In*);  \
+  template void dequantize_pc<int8_t, In>(const int8_t*, int64_t, const float*,       \
+                                          const float*, In*);                         \
+  template void dequantize_pc<uint8_t, In>(const uint8_t*, int64_t, const float*,     \
+                                           const float*, In*);
+
+TQ_INSTANTIATE_IN(float)
+TQ_INSTANTIATE_IN(c10::Half)
+TQ_INSTANTIATE_IN(c10::BFloat16)
+#undef TQ_INSTANTIATE_IN

@@ -1,0 +1,76 @@
+// Scalar quantization math shared by the CPU kernels (scalar path and vector
+// tails) and the CUDA kernels. Everything here is float32, as SPEC.md §1 asks,
+// so a CPU test of these functions is a test of what the GPU computes too.
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define TQ_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define TQ_HOST_DEVICE inline
+#endif
+
+namespace torch_quant {
+
+enum class Mode : int { Symmetric = 0, Asymmetric = 1 };
+
+// Integer range of a b-bit code: signed for symmetric, unsigned for asymmetric.
+struct QRange {
+  int qmin;
+  int qmax;
+};
+
+TQ_HOST_DEVICE QRange qrange(Mode mode, int bits) {
+  return mode == Mode::Symmetric
+      ? QRange{-(1 << (bits - 1)), (1 << (bits - 1)) - 1}
+      : QRange{0, (1 << bits) - 1};
+}
+
+TQ_HOST_DEVICE bool is_finite(float x) {
+  // |x| < inf is false for NaN and for ±inf, and needs no libm call on device.
+  return fabsf(x) < INFINITY;
+}
+
+struct QParams {
+  float scale;
+  int zero_point;
+};
+
+// Parameters for data whose finite values lie in [lo, hi]. Pass lo = +inf and
+// hi = -inf when there were none: the range is then widened to [0, 0].
+TQ_HOST_DEVICE QParams compute_qparams(float lo, float hi, Mode mode, int bits) {
+  const QRange r = qrange(mode, bits);
+  // The range always contains 0 so that 0.0 is exactly representable.
+  lo = fminf(lo, 0.0f);
+  hi = fmaxf(hi, 0.0f);
+  if (mode == Mode::Symmetric) {
+    const float amax = fmaxf(-lo, hi);
+    return QParams{fmaxf(amax / static_cast<float>(r.qmax), FLT_EPSILON), 0};
+  }
+  const float scale =
+      fmaxf((hi - lo) / static_cast<float>(r.qmax - r.qmin), FLT_EPSILON);
+  float zp = static_cast<float>(r.qmin) - nearbyintf(lo / scale);
+  zp = fminf(fmaxf(zp, static_cast<float>(r.qmin)), static_cast<float>(r.qmax));
+  return QParams{scale, static_cast<int>(zp)};
+}
+
+// q = clamp(nearbyint(x * inv_scale + zero_point), qmin, qmax), with
+// x * inv_scale + zero_point rounded once (a fused multiply-add): the zero point
+// is added before rounding, as torch.quantize_per_tensor does, so .5 ties go to
+// the even code. NaN -> zero_point, +inf -> qmax, -inf -> qmin.
+TQ_HOST_DEVICE int quantize_val(float x, float inv_scale, float zero_point,
+                                float qmin, float qmax) {
+  if (x != x) return static_cast<int>(zero_point);
+  const float r = nearbyintf(fmaf(x, inv_scale, zero_point));
+  return static_cast<int>(fminf(fmaxf(r, qmin), qmax));
+}
+
+// x = (float(q) - float(zero_point)) * scale, exactly this formula (no fma).
+TQ_HOST_DEVICE float dequantize_val(int q, float scale, float zero_point) {
+  return (static_cast<float>(q) - zero_point) * scale;
+}
+
+}  // namespace torch_quant

@@ -1,0 +1,11 @@
+// Every schema of the torch_quant namespace, in one place (SPEC.md §3).
+// Backends register implementations with TORCH_LIBRARY_IMPL in csrc/cpu/ and
+// csrc/cuda/; fake (meta) kernels live in torch_quant/ops.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(torch_quant, m) {
+  m.def("choose_qparams(Tensor x, str mode, int? axis=None, int bits=8) -> (Tensor scale, Tensor zero_point)");
+  m.def("quantize(Tensor x, Tensor scale, Tensor zero_point, str mode, int? axis=None, int bits=8) -> Tensor");
+  m.def("dequantize(Tensor q, Tensor scale, Tensor zero_point, int? axis=None, ScalarType? dtype=None) -> Tensor");
+  m.def("quantize_per_token(Tensor x, str mode, int bits=8) -> (Tensor q, Tensor scale, Tensor zero_point)");
+}

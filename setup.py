@@ -1,0 +1,60 @@
+"""Builds torch_quant._C against the installed torch.
+
+Install with `pip install --no-build-isolation -e .` so that the build sees the
+torch already in the environment (see the README and the Makefile).
+
+The extension is a CUDAExtension when CUDA sources exist, nvcc is found and the
+installed torch was built with CUDA; otherwise a CppExtension. Set
+TORCH_QUANT_FORCE_CPU=1 to build the CPU-only extension regardless.
+"""
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import (
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources(pattern):
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern), recursive=True))
+
+
+def use_cuda(cuda_sources):
+    if os.environ.get("TORCH_QUANT_FORCE_CPU", "0") not in ("", "0"):
+        return False
+    return bool(cuda_sources) and CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def extension():
+    cpp_sources = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
+    cuda_sources = sources("csrc/cuda/*.cu")
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
+    # at::parallel_for runs its body serially unless the extension itself is
+    # compiled with OpenMP (ATen/ParallelOpenMP.h is header-only).
+    link = ["-fopenmp"]
+    if use_cuda(cuda_sources):
+        return CUDAExtension(
+            "torch_quant._C",
+            cpp_sources + cuda_sources,
+            extra_compile_args={"cxx": cxx + ["-DTORCH_QUANT_WITH_CUDA"],
+                                "nvcc": ["-O3", "-DTORCH_QUANT_WITH_CUDA"]},
+            extra_link_args=link,
+        )
+    return CppExtension("torch_quant._C", cpp_sources, extra_compile_args={"cxx": cxx},
+                        extra_link_args=link)
+
+
+setup(
+    packages=find_packages(include=["torch_quant", "torch_quant.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,25 @@
+"""torch_quant: INT8 quantization operators for PyTorch.
+
+The operators live in the dispatcher as ``torch.ops.torch_quant.*`` (loading
+``torch_quant._C`` registers them); this package re-exports typed wrappers.
+"""
+
+import torch  # noqa: F401  (the extension needs libtorch loaded first)
+
+from . import _C  # noqa: F401  (registers the ops)
+from . import ops
+from .ops import (
+    choose_qparams,
+    dequantize,
+    quantize,
+    quantize_per_token,
+)
+
+__all__ = [
+    "choose_qparams",
+    "quantize",
+    "dequantize",
+    "quantize_per_token",
+    "ops",
+]
+__version__ = "0.1.0"

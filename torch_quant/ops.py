@@ -1,0 +1,168 @@
+"""Typed wrappers of the ``torch.ops.torch_quant`` operators, and their fake
+(meta) kernels for ``torch.compile``, ``torch.export`` and ``opcheck``.
+
+The schemas are in ``csrc/registration.cpp``; the semantics in SPEC.md §1-3.
+All arithmetic is float32. For b-bit codes:
+
+* symmetric:  int8 codes in [-2^(b-1), 2^(b-1)-1], zero_point 0,
+  ``scale = max|x| / qmax``
+* asymmetric: uint8 codes in [0, 2^b-1],
+  ``scale = (hi - lo) / (qmax - qmin)`` with ``lo = min(min x, 0)``, ``hi = max(max x, 0)``,
+  ``zero_point = clamp(qmin - nearbyint(lo / scale), qmin, qmax)``
+
+and always ``scale = max(scale, FLT_EPSILON)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["choose_qparams", "quantize", "dequantize", "quantize_per_token"]
+
+_ops = torch.ops.torch_quant
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def choose_qparams(
+    x: Tensor, mode: str, axis: Optional[int] = None, bits: int = 8
+) -> Tuple[Tensor, Tensor]:
+    """Choose ``(scale, zero_point)`` from the finite values of ``x``.
+
+    ``axis=None`` gives 0-dim tensors (per tensor); ``axis=k`` gives one pair per
+    index along dim ``k``, shape ``[x.size(k)]`` (per channel). ``scale`` is
+    float32, ``zero_point`` int32. NaN and ±inf are left out of the range.
+
+    symmetric:  ``scale = max(max|x| / qmax, eps)``, ``zero_point = 0``;
+    asymmetric: ``scale = max((hi - lo) / (qmax - qmin), eps)``,
+    ``zero_point = clamp(qmin - nearbyint(lo / scale), qmin, qmax)``,
+    where ``lo = min(min x, 0)``, ``hi = max(max x, 0)`` and eps = 2^-23.
+    """
+    return _ops.choose_qparams.default(x, mode, axis, bits)
+
+
+def quantize(
+    x: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    mode: str,
+    axis: Optional[int] = None,
+    bits: int = 8,
+) -> Tensor:
+    """Quantize ``x``: ``q = clamp(zero_point + nearbyint(x * (1/scale)), qmin, qmax)``.
+
+    Rounding is half to even and ``1/scale`` is computed in float32, so the codes
+    are bit-identical to ``torch.quantize_per_tensor`` / ``quantize_per_channel``.
+    ``mode`` picks the code type: int8 (symmetric) or uint8 (asymmetric).
+    ``scale``/``zero_point``: one element (per tensor), shape ``x.shape[:-1]``
+    (per token, ``axis=None``) or ``[x.size(axis)]`` (per channel).
+    NaN maps to ``zero_point``, +inf to qmax, -inf to qmin.
+    """
+    return _ops.quantize.default(x, scale, zero_point, mode, axis, bits)
+
+
+def dequantize(
+    q: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    axis: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """Dequantize int8/uint8 codes: ``x = (float(q) - float(zero_point)) * scale``.
+
+    Computed in float32 and returned as float32, or cast to ``dtype``
+    (float16 / bfloat16). Parameter shapes as for :func:`quantize`.
+    """
+    return _ops.dequantize.default(q, scale, zero_point, axis, dtype)
+
+
+def quantize_per_token(x: Tensor, mode: str, bits: int = 8) -> Tuple[Tensor, Tensor, Tensor]:
+    """Quantize each row of the last dim of ``x`` with its own ``(scale, zero_point)``.
+
+    Returns ``(q, scale, zero_point)``; ``scale`` (float32) and ``zero_point``
+    (int32) have shape ``x.shape[:-1]``. Equal to :func:`choose_qparams` and
+    :func:`quantize` applied row by row, in one pass that keeps the row in cache.
+    """
+    return _ops.quantize_per_token.default(x, mode, bits)
+
+
+# ---------------------------------------------------------------------------
+# Fake kernels: shapes and dtypes only. They check what can be checked without
+# data, with the same messages as the C++ kernels (csrc/checks.cpp).
+
+
+def _check_mode(op: str, mode: str) -> torch.dtype:
+    torch._check(
+        mode in ("symmetric", "asymmetric"),
+        lambda: f"{op}: mode must be 'symmetric' or 'asymmetric', got '{mode}'",
+    )
+    return torch.int8 if mode == "symmetric" else torch.uint8
+
+
+def _check_bits(op: str, bits: int) -> None:
+    torch._check(2 <= bits <= 8, lambda: f"{op}: bits must be in [2, 8], got {bits}")
+
+
+def _check_float(op: str, name: str, x: Tensor) -> None:
+    torch._check(
+        x.dtype in _FLOATS,
+        lambda: f"{op}: {name} must be float32, float16 or bfloat16, got {x.dtype}",
+    )
+
+
+def _normalize_axis(op: str, x: Tensor, axis: int) -> int:
+    torch._check(
+        -x.dim() <= axis < x.dim() and x.dim() > 0,
+        lambda: f"{op}: axis {axis} is out of range for a tensor of {x.dim()} dimension(s)",
+    )
+    return axis % x.dim()
+
+
+@torch.library.register_fake("torch_quant::choose_qparams")
+def _choose_qparams_fake(x, mode, axis=None, bits=8):
+    op = "torch_quant.choose_qparams"
+    _check_mode(op, mode)
+    _check_bits(op, bits)
+    _check_float(op, "x", x)
+    shape = [] if axis is None else [x.size(_normalize_axis(op, x, axis))]
+    return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.int32)
+
+
+@torch.library.register_fake("torch_quant::quantize")
+def _quantize_fake(x, scale, zero_point, mode, axis=None, bits=8):
+    op = "torch_quant.quantize"
+    dtype = _check_mode(op, mode)
+    _check_bits(op, bits)
+    _check_float(op, "x", x)
+    return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("torch_quant::dequantize")
+def _dequantize_fake(q, scale, zero_point, axis=None, dtype=None):
+    op = "torch_quant.dequantize"
+    torch._check(
+        q.dtype in (torch.int8, torch.uint8),
+        lambda: f"{op}: q must be int8 (symmetric) or uint8 (asymmetric), got {q.dtype}",
+    )
+    out = torch.float32 if dtype is None else dtype
+    torch._check(
+        out in _FLOATS, lambda: f"{op}: dtype must be float32, float16 or bfloat16, got {out}"
+    )
+    return torch.empty_like(q, dtype=out, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("torch_quant::quantize_per_token")
+def _quantize_per_token_fake(x, mode, bits=8):
+    op = "torch_quant.quantize_per_token"
+    dtype = _check_mode(op, mode)
+    _check_bits(op, bits)
+    _check_float(op, "x", x)
+    torch._check(x.dim() >= 1, lambda: f"{op}: x must have at least 1 dimension, got a 0-dim tensor")
+    rows = x.shape[:-1]
+    return (
+        torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format),
+        x.new_empty(rows, dtype=torch.float32),
+        x.new_empty(rows, dtype=torch.int32),
+    )

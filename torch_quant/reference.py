@@ -1,0 +1,126 @@
+"""Plain-PyTorch reference of every torch_quant op: the tests' oracle.
+
+Written for clarity, not speed, from SPEC.md and the README's notes on
+rounding; it shares no code with the C++ kernels. All arithmetic is float32,
+except where a single rounding of ``x * inv_scale + zero_point`` is needed:
+that product and sum are formed exactly in float64 (a float32 product has at
+most 48 significant bits) and rounded once to float32, which is what a fused
+multiply-add gives.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+FLT_EPSILON = 2.0**-23
+
+
+def qrange(mode: str, bits: int = 8) -> Tuple[int, int]:
+    """(qmin, qmax) of a b-bit code: signed for symmetric, unsigned for asymmetric."""
+    if mode == "symmetric":
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if mode == "asymmetric":
+        return 0, 2**bits - 1
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def code_dtype(mode: str) -> torch.dtype:
+    return torch.int8 if mode == "symmetric" else torch.uint8
+
+
+def _params_from_range(lo: Tensor, hi: Tensor, mode: str, bits: int) -> Tuple[Tensor, Tensor]:
+    qmin, qmax = qrange(mode, bits)
+    lo = torch.clamp(lo.float(), max=0.0)
+    hi = torch.clamp(hi.float(), min=0.0)
+    eps = torch.tensor(FLT_EPSILON, dtype=torch.float32)
+    if mode == "symmetric":
+        amax = torch.maximum(-lo, hi)
+        scale = torch.maximum(amax / torch.tensor(float(qmax)), eps)
+        return scale, torch.zeros_like(scale, dtype=torch.int32)
+    scale = torch.maximum((hi - lo) / torch.tensor(float(qmax - qmin)), eps)
+    zp = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
+    return scale, zp.to(torch.int32)
+
+
+def _finite_range(x: Tensor, dims) -> Tuple[Tensor, Tensor]:
+    """min and max over `dims` of the finite values of x (0 where there are none)."""
+    x = x.float()
+    finite = torch.isfinite(x)
+    lo = torch.where(finite, x, torch.inf).amin(dim=dims) if x.numel() else None
+    hi = torch.where(finite, x, -torch.inf).amax(dim=dims) if x.numel() else None
+    if lo is None:  # empty: reduce over nothing
+        shape = [s for d, s in enumerate(x.shape) if d not in dims]
+        lo = torch.zeros(shape)
+        hi = torch.zeros(shape)
+    lo = torch.where(torch.isfinite(lo), lo, 0.0)
+    hi = torch.where(torch.isfinite(hi), hi, 0.0)
+    return lo, hi
+
+
+def choose_qparams(
+    x: Tensor, mode: str, axis: Optional[int] = None, bits: int = 8
+) -> Tuple[Tensor, Tensor]:
+    if axis is None:
+        dims = tuple(range(x.dim()))
+    else:
+        axis = axis % x.dim()
+        dims = tuple(d for d in range(x.dim()) if d != axis)
+    lo, hi = _finite_range(x, dims)
+    return _params_from_range(lo, hi, mode, bits)
+
+
+def _broadcast(p: Tensor, x: Tensor, axis: Optional[int]) -> Tensor:
+    """Shape a (scale or zero_point) tensor so that it broadcasts against x."""
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis % x.dim()] = -1
+        return p.reshape(shape)
+    if p.numel() == 1:
+        return p.reshape([])
+    return p.unsqueeze(-1)  # per token: shape x.shape[:-1]
+
+
+def fused_scale_add(x: Tensor, inv_scale: Tensor, zero_point: Tensor) -> Tensor:
+    """float32(x * inv_scale + zero_point) with one rounding, like fmaf."""
+    exact = x.double() * inv_scale.double() + zero_point.double()
+    return exact.float()
+
+
+def quantize(
+    x: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    mode: str,
+    axis: Optional[int] = None,
+    bits: int = 8,
+) -> Tensor:
+    qmin, qmax = qrange(mode, bits)
+    x = x.float()
+    inv_scale = 1.0 / _broadcast(scale.float(), x, axis)  # float32 division
+    zp = _broadcast(zero_point.to(torch.int32), x, axis).float()
+    q = torch.round(fused_scale_add(x, inv_scale, zp))  # round half to even
+    q = torch.clamp(q, qmin, qmax)  # +inf -> qmax, -inf -> qmin
+    q = torch.where(torch.isnan(x), zp.expand_as(x), q)
+    return q.to(code_dtype(mode))
+
+
+def dequantize(
+    q: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    axis: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    s = _broadcast(scale.float(), q, axis)
+    zp = _broadcast(zero_point.to(torch.int32), q, axis).float()
+    x = (q.float() - zp) * s
+    return x.to(dtype or torch.float32)
+
+
+def quantize_per_token(x: Tensor, mode: str, bits: int = 8) -> Tuple[Tensor, Tensor, Tensor]:
+    lo, hi = _finite_range(x, (x.dim() - 1,))
+    scale, zp = _params_from_range(lo, hi, mode, bits)
+    return quantize(x, scale, zp, mode, None, bits), scale, zp
