@@ -72,13 +72,21 @@ void quantize_impl(const In* x, int64_t n, float inv_scale, float zero_point, fl
               float qmax, Q* q) {
   int64_t i = 0;
   if constexpr (Vec::W > 1) {
-    const typename Vec::F vinv = Vec::set1(inv_scale), vzp = Vec::set1(zero_point),
-                        vlo = Vec::set1(qmin), vhi = Vec::set1(qmax);
-    for (; i + Vec::W <= n; i += Vec::W) {
-      const typename Vec::F a = Vec::load(x + i);
-      typename Vec::F r = Vec::round(Vec::fmadd(a, vinv, vzp));
-      r = Vec::min(Vec::max(r, vlo), vhi);
-      Vec::store(q + i, Vec::if_nan(a, r, vzp));
+    using F = typename Vec::F;
+    const F vinv = Vec::set1(inv_scale), vzp = Vec::set1(zero_point), vlo = Vec::set1(qmin),
+            vhi = Vec::set1(qmax);
+    const auto code = [&](F a) {
+      const F r = Vec::min(Vec::max(Vec::round(Vec::fmadd(a, vinv, vzp)), vlo), vhi);
+      return Vec::if_nan(a, r, vzp);
+    };
+    // Four vectors a step, so that AVX2 can narrow them into one full store.
+    constexpr int W = Vec::W;
+    for (; i + 4 * W <= n; i += 4 * W) {
+      Vec::store4(q + i, code(Vec::load(x + i)), code(Vec::load(x + i + W)),
+                  code(Vec::load(x + i + 2 * W)), code(Vec::load(x + i + 3 * W)));
+    }
+    for (; i + W <= n; i += W) {
+      Vec::store(q + i, code(Vec::load(x + i)));
     }
   }
   for (; i < n; ++i) {

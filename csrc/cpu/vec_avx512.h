@@ -52,6 +52,14 @@ struct Vec512 {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
   }
 
+  template <typename Q>
+  static void store4(Q* p, F a, F b, F c, F d) {
+    store(p, a);
+    store(p + W, b);
+    store(p + 2 * W, c);
+    store(p + 3 * W, d);
+  }
+
   // a * b + c, rounded once.
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
