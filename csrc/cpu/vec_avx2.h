@@ -68,13 +68,22 @@ struct Vec256 {
   // Four vectors of codes in one 32-byte store. The packs interleave 128-bit
   // lanes; the final permute puts the 4-byte groups back in order.
   template <typename Q>
-  static void store4(Q* p, F a, F b, F c, F d) {
+  static __m256i narrow4(F a, F b, F c, F d) {
     const __m256i ab = _mm256_packs_epi32(_mm256_cvtps_epi32(a), _mm256_cvtps_epi32(b));
     const __m256i cd = _mm256_packs_epi32(_mm256_cvtps_epi32(c), _mm256_cvtps_epi32(d));
     const __m256i abcd = std::is_signed_v<Q> ? _mm256_packs_epi16(ab, cd) : _mm256_packus_epi16(ab, cd);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                        _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    return _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
   }
+  template <typename Q>
+  static void store4(Q* p, F a, F b, F c, F d) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow4<Q>(a, b, c, d));
+  }
+  // Non-temporal store4; p must be 32-byte aligned.
+  template <typename Q>
+  static void stream4(Q* p, F a, F b, F c, F d) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), narrow4<Q>(a, b, c, d));
+  }
+  static void stream_fence() { _mm_sfence(); }
 
   // a * b + c, rounded once.
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -53,12 +54,26 @@ struct Vec512 {
   }
 
   template <typename Q>
-  static void store4(Q* p, F a, F b, F c, F d) {
-    store(p, a);
-    store(p + W, b);
-    store(p + 2 * W, c);
-    store(p + 3 * W, d);
+  static __m512i narrow4(F a, F b, F c, F d) {
+    const auto narrow = [](F v) {
+      const __m512i i = _mm512_cvtps_epi32(v);
+      return std::is_signed_v<Q> ? _mm512_cvtsepi32_epi8(i) : _mm512_cvtepi32_epi8(i);
+    };
+    __m512i r = _mm512_castsi128_si512(narrow(a));
+    r = _mm512_inserti32x4(r, narrow(b), 1);
+    r = _mm512_inserti32x4(r, narrow(c), 2);
+    return _mm512_inserti32x4(r, narrow(d), 3);
   }
+  template <typename Q>
+  static void store4(Q* p, F a, F b, F c, F d) {
+    _mm512_storeu_si512(p, narrow4<Q>(a, b, c, d));
+  }
+  // Non-temporal store4; p must be 64-byte aligned.
+  template <typename Q>
+  static void stream4(Q* p, F a, F b, F c, F d) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), narrow4<Q>(a, b, c, d));
+  }
+  static void stream_fence() { _mm_sfence(); }
 
   // a * b + c, rounded once.
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
