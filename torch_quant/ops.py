@@ -90,7 +90,9 @@ def quantize_per_token(x: Tensor, mode: str, bits: int = 8) -> Tuple[Tensor, Ten
 
 # ---------------------------------------------------------------------------
 # Fake kernels: shapes and dtypes only. They check what can be checked without
-# data, with the same messages as the C++ kernels (csrc/checks.cpp).
+# data, with the same messages as the C++ kernels (csrc/checks.cpp). They
+# also serve as the Meta kernels, so the device checks matter: a meta scale
+# with a CPU x must fail here, not return an uninitialised tensor.
 
 
 def _check_mode(op: str, mode: str) -> torch.dtype:
@@ -120,6 +122,44 @@ def _normalize_axis(op: str, x: Tensor, axis: int) -> int:
     return axis % x.dim()
 
 
+def _check_qparams(op: str, x_name: str, x: Tensor, scale: Tensor, zero_point: Tensor, axis):
+    """The checks of csrc/checks.cpp:check_qparams that need no data."""
+    torch._check(
+        scale.dtype.is_floating_point,
+        lambda: f"{op}: scale must be a floating-point tensor, got {scale.dtype}",
+    )
+    torch._check(
+        not zero_point.dtype.is_floating_point
+        and not zero_point.dtype.is_complex
+        and zero_point.dtype != torch.bool,
+        lambda: f"{op}: zero_point must be an integer tensor, got {zero_point.dtype}",
+    )
+    for name, t in (("scale", scale), ("zero_point", zero_point)):
+        torch._check(
+            t.device == x.device,
+            lambda: f"{op}: {name} is on {t.device} but {x_name} is on {x.device}",
+        )
+    torch._check(
+        scale.shape == zero_point.shape,
+        lambda: f"{op}: scale and zero_point must have the same shape, "
+        f"got {list(scale.shape)} and {list(zero_point.shape)}",
+    )
+    if axis is not None:
+        k = _normalize_axis(op, x, axis)
+        torch._check(
+            scale.dim() == 1 and scale.shape[0] == x.shape[k],
+            lambda: f"{op}: with axis={axis} scale must have shape [{x.shape[k]}] "
+            f"({x_name}.size({axis})), got {list(scale.shape)}",
+        )
+    elif scale.numel() != 1:
+        torch._check(
+            x.dim() >= 1 and scale.shape == x.shape[:-1],
+            lambda: f"{op}: with axis=None scale must have one element (per tensor) or the "
+            f"shape {x_name}.shape[:-1] (per token), got {list(scale.shape)} for {x_name} "
+            f"of shape {list(x.shape)}",
+        )
+
+
 @torch.library.register_fake("torch_quant::choose_qparams")
 def _choose_qparams_fake(x, mode, axis=None, bits=8):
     op = "torch_quant.choose_qparams"
@@ -136,6 +176,7 @@ def _quantize_fake(x, scale, zero_point, mode, axis=None, bits=8):
     dtype = _check_mode(op, mode)
     _check_bits(op, bits)
     _check_float(op, "x", x)
+    _check_qparams(op, "x", x, scale, zero_point, axis)
     return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
 
 
@@ -150,6 +191,7 @@ def _dequantize_fake(q, scale, zero_point, axis=None, dtype=None):
     torch._check(
         out in _FLOATS, lambda: f"{op}: dtype must be float32, float16 or bfloat16, got {out}"
     )
+    _check_qparams(op, "q", q, scale, zero_point, axis)
     return torch.empty_like(q, dtype=out, memory_format=torch.contiguous_format)
 
 

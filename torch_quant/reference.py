@@ -49,12 +49,16 @@ def _finite_range(x: Tensor, dims) -> Tuple[Tensor, Tensor]:
     """min and max over `dims` of the finite values of x (0 where there are none)."""
     x = x.float()
     finite = torch.isfinite(x)
-    lo = torch.where(finite, x, torch.inf).amin(dim=dims) if x.numel() else None
-    hi = torch.where(finite, x, -torch.inf).amax(dim=dims) if x.numel() else None
-    if lo is None:  # empty: reduce over nothing
+    if not dims:  # amin(dim=()) would reduce over every dim
+        lo = torch.where(finite, x, torch.inf)
+        hi = torch.where(finite, x, -torch.inf)
+    elif x.numel() == 0:
         shape = [s for d, s in enumerate(x.shape) if d not in dims]
         lo = torch.zeros(shape)
         hi = torch.zeros(shape)
+    else:
+        lo = torch.where(finite, x, torch.inf).amin(dim=dims)
+        hi = torch.where(finite, x, -torch.inf).amax(dim=dims)
     lo = torch.where(torch.isfinite(lo), lo, 0.0)
     hi = torch.where(torch.isfinite(hi), hi, 0.0)
     return lo, hi
