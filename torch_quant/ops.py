@@ -51,10 +51,11 @@ def quantize(
     axis: Optional[int] = None,
     bits: int = 8,
 ) -> Tensor:
-    """Quantize ``x``: ``q = clamp(zero_point + nearbyint(x * (1/scale)), qmin, qmax)``.
+    """Quantize ``x``: ``q = clamp(nearbyint(x * inv_scale + zero_point), qmin, qmax)``.
 
-    Rounding is half to even and ``1/scale`` is computed in float32, so the codes
-    are bit-identical to ``torch.quantize_per_tensor`` / ``quantize_per_channel``.
+    ``inv_scale = 1.0f / scale`` in float32; ``x * inv_scale + zero_point`` is
+    rounded once (a fused multiply-add) and then to the nearest integer, half to
+    even, so the codes are bit-identical to ``torch.quantize_per_tensor``.
     ``mode`` picks the code type: int8 (symmetric) or uint8 (asymmetric).
     ``scale``/``zero_point``: one element (per tensor), shape ``x.shape[:-1]``
     (per token, ``axis=None``) or ``[x.size(axis)]`` (per channel).

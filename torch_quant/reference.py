@@ -3,15 +3,15 @@
 Written for clarity, not speed, from SPEC.md and the README's notes on
 rounding; it shares no code with the C++ kernels. All arithmetic is float32,
 except where a single rounding of ``x * inv_scale + zero_point`` is needed:
-that product and sum are formed exactly in float64 (a float32 product has at
-most 48 significant bits) and rounded once to float32, which is what a fused
-multiply-add gives.
+that product and sum are formed exactly in wider arithmetic and rounded once to
+float32, which is what a fused multiply-add gives (see fused_scale_add).
 """
 
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -88,9 +88,18 @@ def _broadcast(p: Tensor, x: Tensor, axis: Optional[int]) -> Tensor:
 
 
 def fused_scale_add(x: Tensor, inv_scale: Tensor, zero_point: Tensor) -> Tensor:
-    """float32(x * inv_scale + zero_point) with one rounding, like fmaf."""
-    exact = x.double() * inv_scale.double() + zero_point.double()
-    return exact.float()
+    """float32(x * inv_scale + zero_point) with one rounding, like fmaf.
+
+    The product of two float32 values has at most 48 significant bits and is
+    exact in float64, but adding a zero point up to 255 can need 56 bits, so the
+    sum is formed in numpy's 64-bit-mantissa long double (x86) before the single
+    rounding to float32. (Where long double is only float64 the sum can be
+    rounded twice, which moves a code only within 2^-46 of a .5 tie.)
+    """
+    p = x.double().numpy() * inv_scale.double().numpy()  # exact
+    exact = p.astype(np.longdouble) + zero_point.double().numpy().astype(np.longdouble)
+    with np.errstate(over="ignore"):  # huge values become ±inf, as in float32
+        return torch.from_numpy(np.asarray(exact, dtype=np.float32))
 
 
 def quantize(
