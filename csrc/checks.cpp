@@ -40,53 +40,115 @@ ParamLayout channel_layout(const at::Tensor& x, int64_t axis) {
 
 ParamLayout check_qparams(const char* op, const char* x_name, const at::Tensor& x,
                           const at::Tensor& scale, const at::Tensor& zero_point,
-                          std::optional<int64_t> axis) {
-  TORCH_CHECK(scale.is_floating_point(), op, ": scale must be a floating-point tensor, got ",
-              scale.scalar_type());
+                          std::optional<int64_t> axis, const char* scale_name,
+                          const char* zp_name) {
+  TORCH_CHECK(scale.is_floating_point(), op, ": ", scale_name,
+              " must be a floating-point tensor, got ", scale.scalar_type());
   TORCH_CHECK(!c10::isFloatingType(zero_point.scalar_type()) &&
                   !c10::isComplexType(zero_point.scalar_type()) &&
                   zero_point.scalar_type() != at::kBool,
-              op, ": zero_point must be an integer tensor, got ", zero_point.scalar_type());
-  TORCH_CHECK(scale.device() == x.device(), op, ": scale is on ", scale.device(), " but ",
-              x_name, " is on ", x.device());
-  TORCH_CHECK(zero_point.device() == x.device(), op, ": zero_point is on ",
+              op, ": ", zp_name, " must be an integer tensor, got ", zero_point.scalar_type());
+  TORCH_CHECK(scale.device() == x.device(), op, ": ", scale_name, " is on ", scale.device(),
+              " but ", x_name, " is on ", x.device());
+  TORCH_CHECK(zero_point.device() == x.device(), op, ": ", zp_name, " is on ",
               zero_point.device(), " but ", x_name, " is on ", x.device());
-  TORCH_CHECK(scale.sizes() == zero_point.sizes(), op,
-              ": scale and zero_point must have the same shape, got ", scale.sizes(),
-              " and ", zero_point.sizes());
-  TORCH_CHECK(scale.numel() > 0 || x.numel() == 0, op, ": scale is empty but ", x_name,
-              " has ", x.numel(), " elements");
+  TORCH_CHECK(scale.sizes() == zero_point.sizes(), op, ": ", scale_name, " and ", zp_name,
+              " must have the same shape, got ", scale.sizes(), " and ", zero_point.sizes());
+  TORCH_CHECK(scale.numel() > 0 || x.numel() == 0, op, ": ", scale_name, " is empty but ",
+              x_name, " has ", x.numel(), " elements");
   if (axis.has_value()) {
     const int64_t k = normalize_axis(op, x, *axis);
-    TORCH_CHECK(scale.dim() == 1 && scale.size(0) == x.size(k), op,
-                ": with axis=", *axis, " scale must have shape [", x.size(k), "] (", x_name,
-                ".size(", *axis, ")), got ", scale.sizes());
+    TORCH_CHECK(scale.dim() == 1 && scale.size(0) == x.size(k), op, ": with axis=", *axis,
+                " ", scale_name, " must have shape [", x.size(k), "] (", x_name, ".size(",
+                *axis, ")), got ", scale.sizes());
     return channel_layout(x, k);
   }
   if (scale.numel() == 1) return {1, 1, x.numel()};
   const bool per_token =
       x.dim() >= 1 && scale.sizes() == x.sizes().slice(0, x.dim() - 1);
-  TORCH_CHECK(per_token, op, ": with axis=None scale must have one element (per tensor) or ",
-              "the shape ", x_name, ".shape[:-1] (per token), got ", scale.sizes(),
-              " for ", x_name, " of shape ", x.sizes());
+  TORCH_CHECK(per_token, op, ": with axis=None ", scale_name,
+              " must have one element (per tensor) or the shape ", x_name,
+              ".shape[:-1] (per token), got ", scale.sizes(), " for ", x_name, " of shape ",
+              x.sizes());
   const int64_t k = x.size(-1);
   return {1, k == 0 ? 0 : x.numel() / k, k};
 }
 
 void check_qparam_values(const char* op, const at::Tensor& scale,
-                         const at::Tensor& zero_point, QRange range) {
+                         const at::Tensor& zero_point, QRange range, const char* scale_name,
+                         const char* zp_name) {
   const float* s = scale.const_data_ptr<float>();
   for (int64_t i = 0; i < scale.numel(); ++i) {
-    TORCH_CHECK(s[i] > 0.0f && is_finite(s[i]) && is_finite(1.0f / s[i]), op,
-                ": scale must be finite and > 0 (with a finite reciprocal), got ", s[i],
+    TORCH_CHECK(s[i] > 0.0f && is_finite(s[i]) && is_finite(1.0f / s[i]), op, ": ",
+                scale_name, " must be finite and > 0 (with a finite reciprocal), got ", s[i],
                 scale.dim() > 0 ? " at index " + std::to_string(i) : std::string());
   }
   const int64_t* z = zero_point.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < zero_point.numel(); ++i) {
-    TORCH_CHECK(z[i] >= range.qmin && z[i] <= range.qmax, op, ": zero_point must be in [",
+    TORCH_CHECK(z[i] >= range.qmin && z[i] <= range.qmax, op, ": ", zp_name, " must be in [",
                 range.qmin, ", ", range.qmax, "], got ", z[i],
                 zero_point.dim() > 0 ? " at index " + std::to_string(i) : std::string());
   }
+}
+
+std::pair<at::Tensor, at::Tensor> checked_qparam_values(const char* op, const at::Tensor& scale,
+                                                        const at::Tensor& zero_point,
+                                                        QRange range, const char* scale_name,
+                                                        const char* zp_name) {
+  at::Tensor s = scale.to(at::kCPU, at::kFloat).contiguous();
+  at::Tensor z = zero_point.to(at::kCPU, at::kLong).contiguous();
+  check_qparam_values(op, s, z, range, scale_name, zp_name);
+  return {s, z};
+}
+
+int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tensor& w_q,
+                            const at::Tensor& w_scale,
+                            const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& w_sum) {
+  TORCH_CHECK(w_q.scalar_type() == at::kChar, op, ": w_q must be int8 (symmetric), got ",
+              w_q.scalar_type());
+  TORCH_CHECK(w_q.dim() == 2, op, ": w_q must have shape [N, K], got ", w_q.sizes());
+  const int64_t N = w_q.size(0), K = w_q.size(1);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, op, ": K mismatch: w_q has shape ",
+              w_q.sizes(), " but the activations have shape ", x.sizes());
+  TORCH_CHECK(K <= kMaxLinearK, op, ": K = ", K, " is larger than ", kMaxLinearK,
+              ", the largest K whose int32 accumulator is exact");
+  const auto same_device = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(),
+                " but the activations are on ", x.device());
+  };
+  same_device("w_q", w_q);
+  same_device("w_scale", w_scale);
+  TORCH_CHECK(w_scale.is_floating_point(), op,
+              ": w_scale must be a floating-point tensor, got ", w_scale.scalar_type());
+  TORCH_CHECK(w_scale.numel() == 1 || (w_scale.dim() == 1 && w_scale.size(0) == N), op,
+              ": w_scale must have one element or shape [", N, "], got ", w_scale.sizes());
+  if (bias.has_value()) {
+    same_device("bias", *bias);
+    TORCH_CHECK(bias->is_floating_point(), op, ": bias must be a floating-point tensor, got ",
+                bias->scalar_type());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, op, ": bias must have shape [", N,
+                "], got ", bias->sizes());
+  }
+  if (w_sum.has_value()) {
+    same_device("w_sum", *w_sum);
+    TORCH_CHECK(w_sum->scalar_type() == at::kInt, op, ": w_sum must be int32, got ",
+                w_sum->scalar_type());
+    TORCH_CHECK(w_sum->dim() == 1 && w_sum->size(0) == N, op, ": w_sum must have shape [", N,
+                "], got ", w_sum->sizes());
+  }
+  return N;
+}
+
+void check_linear_activation(const char* op, const at::Tensor& x_q,
+                             const at::Tensor& x_scale, const at::Tensor& x_zero_point) {
+  const auto code = x_q.scalar_type();
+  TORCH_CHECK(code == at::kChar || code == at::kByte, op,
+              ": x_q must be int8 (symmetric) or uint8 (asymmetric), got ", code);
+  TORCH_CHECK(x_q.dim() >= 1, op, ": x_q must have shape [*, K], got a 0-dim tensor");
+  // One pair, or one per row: both layouts are what quantized_linear takes.
+  check_qparams(op, "x_q", x_q, x_scale, x_zero_point, std::nullopt, "x_scale",
+                "x_zero_point");
 }
 
 }  // namespace torch_quant

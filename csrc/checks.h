@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include <ATen/core/Tensor.h>
 
@@ -42,7 +43,8 @@ struct ParamLayout {
 // (named `x_name` in messages) and returns their layout.
 ParamLayout check_qparams(const char* op, const char* x_name, const at::Tensor& x,
                           const at::Tensor& scale, const at::Tensor& zero_point,
-                          std::optional<int64_t> axis);
+                          std::optional<int64_t> axis, const char* scale_name = "scale",
+                          const char* zp_name = "zero_point");
 
 // The layout of per-channel parameters along `axis` (already normalised).
 ParamLayout channel_layout(const at::Tensor& x, int64_t axis);
@@ -51,6 +53,35 @@ ParamLayout channel_layout(const at::Tensor& x, int64_t axis);
 // zero point in [qmin, qmax]. Takes contiguous float32 / int64 CPU tensors
 // (int64 so that an out-of-range int64 zero point cannot wrap into range).
 void check_qparam_values(const char* op, const at::Tensor& scale,
-                         const at::Tensor& zero_point, QRange range);
+                         const at::Tensor& zero_point, QRange range,
+                         const char* scale_name = "scale",
+                         const char* zp_name = "zero_point");
+
+// scale and zero_point as contiguous float32 / int64 CPU tensors, after
+// check_qparam_values accepted them.
+std::pair<at::Tensor, at::Tensor> checked_qparam_values(const char* op, const at::Tensor& scale,
+                                                        const at::Tensor& zero_point,
+                                                        QRange range,
+                                                        const char* scale_name = "scale",
+                                                        const char* zp_name = "zero_point");
+
+// Largest K whose int32 accumulator sum_k (x_q - x_zero_point) * w_q is exact
+// for every valid input: |x_q - x_zero_point| <= 255 and |w_q| <= 128.
+constexpr int64_t kMaxLinearK = ((int64_t{1} << 31) - 1) / (255 * 128);  // 65793
+
+// The weight-side arguments of quantized_linear / dynamic_quantized_linear
+// against activations x of shape [*, K]: w_q int8 [N, K], w_scale floating
+// with one element or [N], bias floating [N] or absent, w_sum int32 [N] or
+// absent, all on x's device, K <= kMaxLinearK. Returns N.
+int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tensor& w_q,
+                            const at::Tensor& w_scale,
+                            const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& w_sum);
+
+// The activation-side arguments of quantized_linear: x_q int8 or uint8 with at
+// least one dim; x_scale floating and x_zero_point integer, both with one
+// element or the shape x_q.shape[:-1].
+void check_linear_activation(const char* op, const at::Tensor& x_q,
+                             const at::Tensor& x_scale, const at::Tensor& x_zero_point);
 
 }  // namespace torch_quant

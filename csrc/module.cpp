@@ -14,11 +14,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_cpu_isa", [] { return std::string(isa_name(active_isa())); },
         "Name of the instruction set the CPU kernels use now.");
   m.def("_set_cpu_isa", &set_isa, pybind11::arg("isa"),
-        "Use the 'scalar', 'avx2' or 'avx512' CPU kernels, or 'best'.");
+        "Use the 'scalar', 'avx2', 'avx512' or 'avx512_vnni' CPU kernels, or 'best'.");
   m.def("_supported_cpu_isas",
         [] {
           std::vector<std::string> names;
-          for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+          for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni}) {
             if (isa_supported(isa)) names.emplace_back(isa_name(isa));
           }
           return names;

@@ -73,4 +73,21 @@ TQ_HOST_DEVICE float dequantize_val(int q, float scale, float zero_point) {
   return (static_cast<float>(q) - zero_point) * scale;
 }
 
+// The quantized linear epilogue without bias:
+//   y = float(dot - x_zero_point * w_sum) * (x_scale * w_scale)
+// where dot = sum_k x_q * w_q. The int32 terms wrap (unsigned arithmetic),
+// which is exact because the caller bounds K so that the true result fits.
+// No fused multiply-add: the product of scales is rounded, then the result.
+TQ_HOST_DEVICE float linear_epilogue(int32_t dot, int32_t x_zero_point, int32_t w_sum,
+                                     float x_scale, float w_scale) {
+  const int32_t acc = static_cast<int32_t>(
+      static_cast<uint32_t>(dot) -
+      static_cast<uint32_t>(x_zero_point) * static_cast<uint32_t>(w_sum));
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(static_cast<float>(acc), __fmul_rn(x_scale, w_scale));
+#else
+  return static_cast<float>(acc) * (x_scale * w_scale);
+#endif
+}
+
 }  // namespace torch_quant

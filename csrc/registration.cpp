@@ -8,4 +8,8 @@ TORCH_LIBRARY(torch_quant, m) {
   m.def("quantize(Tensor x, Tensor scale, Tensor zero_point, str mode, int? axis=None, int bits=8) -> Tensor");
   m.def("dequantize(Tensor q, Tensor scale, Tensor zero_point, int? axis=None, ScalarType? dtype=None) -> Tensor");
   m.def("quantize_per_token(Tensor x, str mode, int bits=8) -> (Tensor q, Tensor scale, Tensor zero_point)");
+  m.def("quantized_linear(Tensor x_q, Tensor x_scale, Tensor x_zero_point, Tensor w_q, Tensor w_scale, "
+        "Tensor? bias=None, Tensor? w_sum=None, ScalarType? out_dtype=None) -> Tensor");
+  m.def("dynamic_quantized_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias=None, "
+        "Tensor? w_sum=None, str act_mode=\"symmetric\") -> Tensor");
 }

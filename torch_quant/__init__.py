@@ -11,8 +11,10 @@ from . import ops
 from .ops import (
     choose_qparams,
     dequantize,
+    dynamic_quantized_linear,
     quantize,
     quantize_per_token,
+    quantized_linear,
 )
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "quantize",
     "dequantize",
     "quantize_per_token",
+    "quantized_linear",
+    "dynamic_quantized_linear",
     "ops",
 ]
 __version__ = "0.1.0"

@@ -20,7 +20,14 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["choose_qparams", "quantize", "dequantize", "quantize_per_token"]
+__all__ = [
+    "choose_qparams",
+    "quantize",
+    "dequantize",
+    "quantize_per_token",
+    "quantized_linear",
+    "dynamic_quantized_linear",
+]
 
 _ops = torch.ops.torch_quant
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -89,6 +96,51 @@ def quantize_per_token(x: Tensor, mode: str, bits: int = 8) -> Tuple[Tensor, Ten
     return _ops.quantize_per_token.default(x, mode, bits)
 
 
+def quantized_linear(
+    x_q: Tensor,
+    x_scale: Tensor,
+    x_zero_point: Tensor,
+    w_q: Tensor,
+    w_scale: Tensor,
+    bias: Optional[Tensor] = None,
+    w_sum: Optional[Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """Linear layer on quantized activations and weights, with an exact int32 GEMM.
+
+    ``acc[m, n] = sum_k x_q[m, k] * w_q[n, k] - x_zero_point[m] * w_sum[n]`` (exact),
+    ``y[m, n] = float(acc[m, n]) * (x_scale[m] * w_scale[n]) + bias[n]``.
+
+    ``x_q``: ``[*, K]`` int8 (symmetric) or uint8 (asymmetric); ``x_scale`` /
+    ``x_zero_point``: one element or ``x_q.shape[:-1]`` (per token). ``w_q``:
+    ``[N, K]`` int8 with zero point 0; ``w_scale``: one element or ``[N]``;
+    ``w_sum[n] = sum_k w_q[n, k]`` as int32, computed when not given (pass it to
+    save a pass over the weights). ``K`` may be at most 65793, the largest for
+    which the int32 accumulator is exact. Returns ``[*, N]`` in ``out_dtype``
+    (float32, float16 or bfloat16; default float32).
+    """
+    return _ops.quantized_linear.default(
+        x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum, out_dtype
+    )
+
+
+def dynamic_quantized_linear(
+    x: Tensor,
+    w_q: Tensor,
+    w_scale: Tensor,
+    bias: Optional[Tensor] = None,
+    w_sum: Optional[Tensor] = None,
+    act_mode: str = "symmetric",
+) -> Tensor:
+    """``quantize_per_token(x, act_mode)`` followed by :func:`quantized_linear`, fused.
+
+    Each row of ``x`` (float32, float16 or bfloat16, ``[*, K]``) is quantized
+    once with its own scale and zero point, exactly as :func:`quantize_per_token`
+    does, and fed to the int8 GEMM; the result has ``x``'s dtype.
+    """
+    return _ops.dynamic_quantized_linear.default(x, w_q, w_scale, bias, w_sum, act_mode)
+
+
 # ---------------------------------------------------------------------------
 # Fake kernels: shapes and dtypes only. They check what can be checked without
 # data, with the same messages as the C++ kernels (csrc/checks.cpp). They
@@ -123,39 +175,48 @@ def _normalize_axis(op: str, x: Tensor, axis: int) -> int:
     return axis % x.dim()
 
 
-def _check_qparams(op: str, x_name: str, x: Tensor, scale: Tensor, zero_point: Tensor, axis):
+def _check_qparams(
+    op: str,
+    x_name: str,
+    x: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    axis,
+    scale_name: str = "scale",
+    zp_name: str = "zero_point",
+):
     """The checks of csrc/checks.cpp:check_qparams that need no data."""
     torch._check(
         scale.dtype.is_floating_point,
-        lambda: f"{op}: scale must be a floating-point tensor, got {scale.dtype}",
+        lambda: f"{op}: {scale_name} must be a floating-point tensor, got {scale.dtype}",
     )
     torch._check(
         not zero_point.dtype.is_floating_point
         and not zero_point.dtype.is_complex
         and zero_point.dtype != torch.bool,
-        lambda: f"{op}: zero_point must be an integer tensor, got {zero_point.dtype}",
+        lambda: f"{op}: {zp_name} must be an integer tensor, got {zero_point.dtype}",
     )
-    for name, t in (("scale", scale), ("zero_point", zero_point)):
+    for name, t in ((scale_name, scale), (zp_name, zero_point)):
         torch._check(
             t.device == x.device,
             lambda: f"{op}: {name} is on {t.device} but {x_name} is on {x.device}",
         )
     torch._check(
         scale.shape == zero_point.shape,
-        lambda: f"{op}: scale and zero_point must have the same shape, "
+        lambda: f"{op}: {scale_name} and {zp_name} must have the same shape, "
         f"got {list(scale.shape)} and {list(zero_point.shape)}",
     )
     if axis is not None:
         k = _normalize_axis(op, x, axis)
         torch._check(
             scale.dim() == 1 and scale.shape[0] == x.shape[k],
-            lambda: f"{op}: with axis={axis} scale must have shape [{x.shape[k]}] "
+            lambda: f"{op}: with axis={axis} {scale_name} must have shape [{x.shape[k]}] "
             f"({x_name}.size({axis})), got {list(scale.shape)}",
         )
     elif scale.numel() != 1:
         torch._check(
             x.dim() >= 1 and scale.shape == x.shape[:-1],
-            lambda: f"{op}: with axis=None scale must have one element (per tensor) or the "
+            lambda: f"{op}: with axis=None {scale_name} must have one element (per tensor) or the "
             f"shape {x_name}.shape[:-1] (per token), got {list(scale.shape)} for {x_name} "
             f"of shape {list(x.shape)}",
         )
@@ -209,3 +270,81 @@ def _quantize_per_token_fake(x, mode, bits=8):
         x.new_empty(rows, dtype=torch.float32),
         x.new_empty(rows, dtype=torch.int32),
     )
+
+
+def _check_linear_weight(op: str, x: Tensor, w_q, w_scale, bias, w_sum) -> int:
+    """The checks of csrc/checks.cpp:check_linear_weight that need no data."""
+    torch._check(w_q.dtype == torch.int8, lambda: f"{op}: w_q must be int8 (symmetric), got {w_q.dtype}")
+    torch._check(w_q.dim() == 2, lambda: f"{op}: w_q must have shape [N, K], got {list(w_q.shape)}")
+    N, K = w_q.shape
+    torch._check(
+        x.dim() >= 1 and x.shape[-1] == K,
+        lambda: f"{op}: K mismatch: w_q has shape {list(w_q.shape)} but the activations have "
+        f"shape {list(x.shape)}",
+    )
+    torch._check(
+        K <= _MAX_LINEAR_K,
+        lambda: f"{op}: K = {K} is larger than {_MAX_LINEAR_K}, the largest K whose int32 "
+        "accumulator is exact",
+    )
+    named = [("w_q", w_q), ("w_scale", w_scale), ("bias", bias), ("w_sum", w_sum)]
+    for name, t in named:
+        if t is not None:
+            torch._check(
+                t.device == x.device,
+                lambda: f"{op}: {name} is on {t.device} but the activations are on {x.device}",
+            )
+    torch._check(
+        w_scale.dtype.is_floating_point,
+        lambda: f"{op}: w_scale must be a floating-point tensor, got {w_scale.dtype}",
+    )
+    torch._check(
+        w_scale.numel() == 1 or (w_scale.dim() == 1 and w_scale.shape[0] == N),
+        lambda: f"{op}: w_scale must have one element or shape [{N}], got {list(w_scale.shape)}",
+    )
+    if bias is not None:
+        torch._check(
+            bias.dtype.is_floating_point,
+            lambda: f"{op}: bias must be a floating-point tensor, got {bias.dtype}",
+        )
+        torch._check(
+            bias.dim() == 1 and bias.shape[0] == N,
+            lambda: f"{op}: bias must have shape [{N}], got {list(bias.shape)}",
+        )
+    if w_sum is not None:
+        torch._check(w_sum.dtype == torch.int32, lambda: f"{op}: w_sum must be int32, got {w_sum.dtype}")
+        torch._check(
+            w_sum.dim() == 1 and w_sum.shape[0] == N,
+            lambda: f"{op}: w_sum must have shape [{N}], got {list(w_sum.shape)}",
+        )
+    return N
+
+
+_MAX_LINEAR_K = (2**31 - 1) // (255 * 128)  # 65793, as kMaxLinearK in csrc/checks.h
+
+
+@torch.library.register_fake("torch_quant::quantized_linear")
+def _quantized_linear_fake(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, w_sum=None, out_dtype=None):
+    op = "torch_quant.quantized_linear"
+    torch._check(
+        x_q.dtype in (torch.int8, torch.uint8),
+        lambda: f"{op}: x_q must be int8 (symmetric) or uint8 (asymmetric), got {x_q.dtype}",
+    )
+    torch._check(x_q.dim() >= 1, lambda: f"{op}: x_q must have shape [*, K], got a 0-dim tensor")
+    _check_qparams(op, "x_q", x_q, x_scale, x_zero_point, None, "x_scale", "x_zero_point")
+    N = _check_linear_weight(op, x_q, w_q, w_scale, bias, w_sum)
+    out = torch.float32 if out_dtype is None else out_dtype
+    torch._check(
+        out in _FLOATS, lambda: f"{op}: out_dtype must be float32, float16 or bfloat16, got {out}"
+    )
+    return x_q.new_empty((*x_q.shape[:-1], N), dtype=out)
+
+
+@torch.library.register_fake("torch_quant::dynamic_quantized_linear")
+def _dynamic_quantized_linear_fake(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric"):
+    op = "torch_quant.dynamic_quantized_linear"
+    _check_mode(op, act_mode)
+    _check_float(op, "x", x)
+    torch._check(x.dim() >= 1, lambda: f"{op}: x must have shape [*, K], got a 0-dim tensor")
+    N = _check_linear_weight(op, x, w_q, w_scale, bias, w_sum)
+    return x.new_empty((*x.shape[:-1], N))

@@ -9,6 +9,7 @@ namespace torch_quant::cpu {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::Avx512Vnni: return "avx512_vnni";
     case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
     default: return "scalar";
@@ -28,6 +29,8 @@ bool isa_supported(Isa isa) {
       return isa_supported(Isa::Avx2) && __builtin_cpu_supports("avx512f") &&
           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
           __builtin_cpu_supports("avx512dq");
+    case Isa::Avx512Vnni:
+      return isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512vnni");
   }
   return false;
 #else
@@ -38,14 +41,14 @@ bool isa_supported(Isa isa) {
 namespace {
 
 Isa best_supported() {
-  for (Isa isa : {Isa::Avx512, Isa::Avx2}) {
+  for (Isa isa : {Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2}) {
     if (isa_supported(isa)) return isa;
   }
   return Isa::Scalar;
 }
 
 bool parse(const std::string& name, Isa* out) {
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni}) {
     if (name == isa_name(isa)) {
       *out = isa;
       return true;
@@ -84,8 +87,8 @@ void set_isa(const std::string& name) {
     isa = best_supported();
   } else {
     TORCH_CHECK(parse(name, &isa),
-                "torch_quant._set_cpu_isa: isa must be 'scalar', 'avx2', 'avx512' or "
-                "'best', got '", name, "'");
+                "torch_quant._set_cpu_isa: isa must be 'scalar', 'avx2', 'avx512', "
+                "'avx512_vnni' or 'best', got '", name, "'");
     TORCH_CHECK(isa_supported(isa), "torch_quant._set_cpu_isa: this CPU cannot run the '",
                 name, "' kernels");
   }

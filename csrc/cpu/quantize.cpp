@@ -147,16 +147,6 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_cpu(const at::Tensor& x_in,
   return {scale, zero_point};
 }
 
-// scale / zero_point as contiguous float32 / int64, with their values checked.
-std::pair<at::Tensor, at::Tensor> checked_values(const char* op, const at::Tensor& scale,
-                                                 const at::Tensor& zero_point,
-                                                 QRange range) {
-  at::Tensor s = scale.to(at::kFloat).contiguous();
-  at::Tensor z = zero_point.to(at::kLong).contiguous();
-  check_qparam_values(op, s, z, range);
-  return {s, z};
-}
-
 std::vector<float> as_floats(const at::Tensor& z) {
   const int64_t* p = z.const_data_ptr<int64_t>();
   return std::vector<float>(p, p + z.numel());
@@ -171,7 +161,7 @@ at::Tensor quantize_cpu(const at::Tensor& x_in, const at::Tensor& scale,
   check_float_input(op, "x", x_in);
   const ParamLayout layout = check_qparams(op, "x", x_in, scale, zero_point, axis);
   const QRange range = qrange(mode, static_cast<int>(bits));
-  const auto [s, z] = checked_values(op, scale, zero_point, range);
+  const auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
 
   const at::Tensor x = x_in.contiguous();
   at::Tensor q = empty_output(x.sizes(), code_dtype(mode));
@@ -212,7 +202,7 @@ at::Tensor dequantize_cpu(const at::Tensor& q_in, const at::Tensor& scale,
               op, ": dtype must be float32, float16 or bfloat16, got ", out_dtype);
   const ParamLayout layout = check_qparams(op, "q", q_in, scale, zero_point, axis);
   const QRange range = code == at::kChar ? QRange{-128, 127} : QRange{0, 255};
-  const auto [s, z] = checked_values(op, scale, zero_point, range);
+  const auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
 
   const at::Tensor q = q_in.contiguous();
   at::Tensor x = empty_output(q.sizes(), out_dtype);

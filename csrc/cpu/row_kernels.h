@@ -46,6 +46,7 @@ namespace avx512 { TORCH_QUANT_DECLARE_ROW_KERNELS }
 
 #define TORCH_QUANT_DISPATCH_ISA(FN, ...)                                   \
   switch (active_isa()) {                                                   \
+    case Isa::Avx512Vnni:                                                   \
     case Isa::Avx512: return avx512::FN(__VA_ARGS__);                       \
     case Isa::Avx2: return avx2::FN(__VA_ARGS__);                           \
     default: return scalar::FN(__VA_ARGS__);                                \

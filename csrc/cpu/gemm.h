@@ -1,0 +1,49 @@
+// Exact int8 dot-product kernels behind quantized_linear on CPU.
+//
+//   d[m * ldd + n] = sum_k a[m * lda + k] * w[n * ldw + k]      (int32, exact)
+//
+// for m < M, n < N: a holds int8 (a_signed) or uint8 activations, w int8
+// weights in the public [N, K] layout (no packing), w_sum[n] = sum_k w[n][k]
+// for kernels that shift a into another range. The caller keeps K within the
+// exact-int32 limit (linear.cpp), so no kernel can overflow, and every kernel
+// returns the same integers: there is no saturating arithmetic anywhere.
+//
+//   scalar       int32 multiply-adds
+//   avx2         activations widened to int16 once per tile, weights widened
+//                on load; vpmaddwd sums int16 pairs into int32 (never
+//                saturates, unlike vpmaddubsw's int16 result)
+//   avx512_vnni  vpdpbusd (uint8 x int8 -> int32, 64 products an
+//                instruction); int8 activations are shifted by +128 and the
+//                shift is taken back with 128 * w_sum
+#pragma once
+
+#include <cstdint>
+
+#include "isa.h"
+
+#define TORCH_QUANT_DECLARE_GEMM                                                    \
+  void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w,         \
+                int64_t ldw, const int32_t* w_sum, int64_t M, int64_t N, int64_t K, \
+                int32_t* d, int64_t ldd);
+
+namespace torch_quant::cpu {
+
+namespace scalar { TORCH_QUANT_DECLARE_GEMM }
+namespace avx2 { TORCH_QUANT_DECLARE_GEMM }
+namespace avx512_vnni { TORCH_QUANT_DECLARE_GEMM }
+
+inline void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w,
+                     int64_t ldw, const int32_t* w_sum, int64_t M, int64_t N, int64_t K,
+                     int32_t* d, int64_t ldd) {
+  switch (active_isa()) {
+    case Isa::Avx512Vnni:
+      return avx512_vnni::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
+    case Isa::Avx512:  // without VNNI the AVX2 kernel is the fastest exact one
+    case Isa::Avx2:
+      return avx2::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
+    default:
+      return scalar::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
+  }
+}
+
+}  // namespace torch_quant::cpu

@@ -1,0 +1,139 @@
+// The AVX2 int8 GEMM (gemm.h). No VNNI here, and vpmaddubsw is out: its
+// uint8 x int8 pair sums saturate at int16 (255*127*2 > 32767). Instead the
+// activations of a tile are widened to int16 once, the weights are widened on
+// load (vpmovsxbw), and vpmaddwd adds int16 x int16 pairs into int32 lanes,
+// which cannot overflow (2 * 255 * 128 < 2^31). Each output keeps its own
+// vector accumulator across K and is summed horizontally at the end, so the
+// weights are read in their public [N, K] layout, row after row.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "gemm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+namespace torch_quant::cpu::avx2 {
+namespace {
+
+constexpr int kMr = 4;  // activation rows per micro-tile
+constexpr int kNr = 2;  // weight rows per micro-tile
+constexpr int kStep = 16;  // int16 lanes of a ymm register
+
+inline int32_t hsum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// R x C outputs. a: R rows of kp int16 (zero padded); w[c]: weight row c, whose
+// last kp - kfull (< 16) values come from tail[c] (zero padded).
+template <int R, int C>
+void micro(const int16_t* a, int64_t kp, const int8_t* const* w,
+           const int8_t (*tail)[kStep], int64_t kfull, int32_t* d, int64_t ldd) {
+  __m256i acc[R][C];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_si256();
+  const auto step = [&](int64_t k, const int8_t* const* wp, int64_t wk) {
+    __m256i wv[C];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c)
+      wv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wp[c] + wk)));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * kp + k));
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(av, wv[c]));
+    }
+  };
+  for (int64_t k = 0; k < kfull; k += kStep) step(k, w, k);
+  if (kfull < kp) {
+    const int8_t* tp[C];
+    for (int c = 0; c < C; ++c) tp[c] = tail[c];
+    step(kfull, tp, 0);
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) d[r * ldd + c] = hsum(acc[r][c]);
+}
+
+using Micro = void (*)(const int16_t*, int64_t, const int8_t* const*, const int8_t (*)[kStep],
+                       int64_t, int32_t*, int64_t);
+
+template <int R, int C>
+constexpr Micro kMicro = &micro<R, C>;
+
+// Micro-kernels for every edge size, indexed [rows - 1][cols - 1].
+constexpr Micro kMicros[kMr][kNr] = {{kMicro<1, 1>, kMicro<1, 2>},
+                                     {kMicro<2, 1>, kMicro<2, 2>},
+                                     {kMicro<3, 1>, kMicro<3, 2>},
+                                     {kMicro<4, 1>, kMicro<4, 2>}};
+
+template <typename A>
+void widen(const A* a, int64_t lda, int64_t M, int64_t K, int64_t kp, int16_t* out) {
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k) out[m * kp + k] = a[m * lda + k];
+    std::fill(out + m * kp + K, out + (m + 1) * kp, int16_t{0});
+  }
+}
+
+}  // namespace
+
+void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
+              const int32_t* /*w_sum*/, int64_t M, int64_t N, int64_t K, int32_t* d,
+              int64_t ldd) {
+  const int64_t kp = (K + kStep - 1) / kStep * kStep, kfull = K / kStep * kStep;
+  std::vector<int16_t> a16(static_cast<size_t>(M * kp));
+  if (a_signed) {
+    widen(static_cast<const int8_t*>(a), lda, M, K, kp, a16.data());
+  } else {
+    widen(static_cast<const uint8_t*>(a), lda, M, K, kp, a16.data());
+  }
+  // Activation rows outside (their int16 block stays in L1/L2), weight rows
+  // inside (streamed once per block of kMr activation rows).
+  int8_t tail[kNr][kStep];
+  for (int64_t m0 = 0; m0 < M; m0 += kMr) {
+    const int rows = static_cast<int>(std::min<int64_t>(kMr, M - m0));
+    for (int64_t n0 = 0; n0 < N; n0 += kNr) {
+      const int cols = static_cast<int>(std::min<int64_t>(kNr, N - n0));
+      const int8_t* wrow[kNr];
+      for (int c = 0; c < cols; ++c) {
+        wrow[c] = w + (n0 + c) * ldw;
+        std::memset(tail[c], 0, kStep);
+        std::memcpy(tail[c], wrow[c] + kfull, static_cast<size_t>(K - kfull));
+      }
+      kMicros[rows - 1][cols - 1](a16.data() + m0 * kp, kp, wrow, tail, kfull,
+                                  d + m0 * ldd + n0, ldd);
+    }
+  }
+}
+
+}  // namespace torch_quant::cpu::avx2
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else  // not x86: never selected (isa.cpp), but the dispatcher needs the name.
+namespace torch_quant::cpu::avx2 {
+void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
+              const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
+              int64_t ldd) {
+  scalar::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
+}
+}  // namespace torch_quant::cpu::avx2
+#endif
