@@ -27,6 +27,7 @@ namespace {
 constexpr int kMr = 4;  // activation rows per micro-tile
 constexpr int kNr = 2;  // weight rows per micro-tile
 constexpr int kStep = 16;  // int16 lanes of a ymm register
+constexpr int64_t kKc = 1024;  // K block: kMr rows of int16 activations = 8 KiB
 
 inline int32_t hsum(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -35,11 +36,13 @@ inline int32_t hsum(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// R x C outputs. a: R rows of kp int16 (zero padded); w[c]: weight row c, whose
-// last kp - kfull (< 16) values come from tail[c] (zero padded).
+// R x C outputs over one block of K. a: R rows (stride lda) of int16;
+// w[c]: weight row c. The first kfull values come from w; when tail is not
+// null, 16 more come from tail[c] (zero padded). Adds to d when accumulate.
 template <int R, int C>
-void micro(const int16_t* a, int64_t kp, const int8_t* const* w,
-           const int8_t (*tail)[kStep], int64_t kfull, int32_t* d, int64_t ldd) {
+void micro(const int16_t* a, int64_t lda, const int8_t* const* w,
+           const int8_t (*tail)[kStep], int64_t kfull, bool accumulate, int32_t* d,
+           int64_t ldd) {
   __m256i acc[R][C];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
@@ -52,13 +55,13 @@ void micro(const int16_t* a, int64_t kp, const int8_t* const* w,
       wv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wp[c] + wk)));
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * kp + k));
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + k));
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(av, wv[c]));
     }
   };
   for (int64_t k = 0; k < kfull; k += kStep) step(k, w, k);
-  if (kfull < kp) {
+  if (tail != nullptr) {
     const int8_t* tp[C];
     for (int c = 0; c < C; ++c) tp[c] = tail[c];
     step(kfull, tp, 0);
@@ -66,11 +69,11 @@ void micro(const int16_t* a, int64_t kp, const int8_t* const* w,
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) d[r * ldd + c] = hsum(acc[r][c]);
+    for (int c = 0; c < C; ++c) d[r * ldd + c] = (accumulate ? d[r * ldd + c] : 0) + hsum(acc[r][c]);
 }
 
 using Micro = void (*)(const int16_t*, int64_t, const int8_t* const*, const int8_t (*)[kStep],
-                       int64_t, int32_t*, int64_t);
+                       int64_t, bool, int32_t*, int64_t);
 
 template <int R, int C>
 constexpr Micro kMicro = &micro<R, C>;
@@ -101,21 +104,29 @@ void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_
   } else {
     widen(static_cast<const uint8_t*>(a), lda, M, K, kp, a16.data());
   }
-  // Activation rows outside (their int16 block stays in L1/L2), weight rows
-  // inside (streamed once per block of kMr activation rows).
+  // K in blocks of kKc, so that kMr int16 activation rows stay in L1 while
+  // the weight rows stream past; activation rows outside, weight rows inside.
   int8_t tail[kNr][kStep];
-  for (int64_t m0 = 0; m0 < M; m0 += kMr) {
-    const int rows = static_cast<int>(std::min<int64_t>(kMr, M - m0));
-    for (int64_t n0 = 0; n0 < N; n0 += kNr) {
-      const int cols = static_cast<int>(std::min<int64_t>(kNr, N - n0));
-      const int8_t* wrow[kNr];
-      for (int c = 0; c < cols; ++c) {
-        wrow[c] = w + (n0 + c) * ldw;
-        std::memset(tail[c], 0, kStep);
-        std::memcpy(tail[c], wrow[c] + kfull, static_cast<size_t>(K - kfull));
+  for (int64_t k0 = 0; k0 < kp; k0 += kKc) {
+    const int64_t klen = std::min(kKc, kp - k0);
+    const int64_t kmain = std::clamp<int64_t>(kfull - k0, 0, klen);
+    const bool has_tail = kmain < klen;
+    for (int64_t m0 = 0; m0 < M; m0 += kMr) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMr, M - m0));
+      for (int64_t n0 = 0; n0 < N; n0 += kNr) {
+        const int cols = static_cast<int>(std::min<int64_t>(kNr, N - n0));
+        const int8_t* wrow[kNr];
+        for (int c = 0; c < cols; ++c) {
+          wrow[c] = w + (n0 + c) * ldw + k0;
+          if (has_tail) {
+            std::memset(tail[c], 0, kStep);
+            std::memcpy(tail[c], w + (n0 + c) * ldw + kfull, static_cast<size_t>(K - kfull));
+          }
+        }
+        kMicros[rows - 1][cols - 1](a16.data() + m0 * kp + k0, kp, wrow,
+                                    has_tail ? tail : nullptr, kmain, k0 > 0,
+                                    d + m0 * ldd + n0, ldd);
       }
-      kMicros[rows - 1][cols - 1](a16.data() + m0 * kp, kp, wrow, tail, kfull,
-                                  d + m0 * ldd + n0, ldd);
     }
   }
 }
