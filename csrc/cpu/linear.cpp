@@ -9,6 +9,7 @@
 // the tiles split N across threads; with many rows they split M and N.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -175,7 +176,9 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   const bool a_signed = mode == Mode::Symmetric;
   const QRange range = qrange(mode, 8);
   const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
-  std::vector<uint8_t> codes(static_cast<size_t>(M * K));
+  // Not value-initialised: every byte is written below.
+  const std::unique_ptr<uint8_t[]> codes_buf(new uint8_t[static_cast<size_t>(M * K)]);
+  uint8_t* codes = codes_buf.get();
   std::vector<float> scales(static_cast<size_t>(M));
   std::vector<int32_t> zps(static_cast<size_t>(M));
   visit_out(x.scalar_type(), [&](auto tag) {
@@ -192,15 +195,15 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
                          const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point);
                          if (a_signed) {
                            quantize(xp + r * K, K, inv, z, qmin, qmax,
-                                    reinterpret_cast<int8_t*>(codes.data()) + r * K);
+                                    reinterpret_cast<int8_t*>(codes) + r * K);
                          } else {
-                           quantize(xp + r * K, K, inv, z, qmin, qmax, codes.data() + r * K);
+                           quantize(xp + r * K, K, inv, z, qmin, qmax, codes + r * K);
                          }
                        }
                      });
   });
   const bool any_zp = std::any_of(zps.begin(), zps.end(), [](int32_t z) { return z != 0; });
-  return linear(codes.data(), a_signed, M, K, w, w_sum, PerRow<float>{scales.data(), true},
+  return linear(codes, a_signed, M, K, w, w_sum, PerRow<float>{scales.data(), true},
                 PerRow<int32_t>{zps.data(), true}, any_zp, w_scale, bias, output_shape(x, N),
                 x.scalar_type());
 }
