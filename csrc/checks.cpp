@@ -7,10 +7,10 @@
 
 namespace torch_quant {
 
-Mode parse_mode(const char* op, std::string_view mode) {
+Mode parse_mode(const char* op, std::string_view mode, const char* name) {
   if (mode == "symmetric") return Mode::Symmetric;
   if (mode == "asymmetric") return Mode::Asymmetric;
-  TORCH_CHECK(false, op, ": mode must be 'symmetric' or 'asymmetric', got '",
+  TORCH_CHECK(false, op, ": ", name, " must be 'symmetric' or 'asymmetric', got '",
               std::string(mode), "'");
 }
 

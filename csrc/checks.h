@@ -15,8 +15,8 @@
 
 namespace torch_quant {
 
-// "symmetric" | "asymmetric".
-Mode parse_mode(const char* op, std::string_view mode);
+// "symmetric" | "asymmetric"; `name` is the argument's name in messages.
+Mode parse_mode(const char* op, std::string_view mode, const char* name = "mode");
 
 // 2 <= bits <= 8.
 void check_bits(const char* op, int64_t bits);

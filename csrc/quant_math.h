@@ -50,8 +50,12 @@ TQ_HOST_DEVICE QParams compute_qparams(float lo, float hi, Mode mode, int bits) 
     const float amax = fmaxf(-lo, hi);
     return QParams{fmaxf(amax / static_cast<float>(r.qmax), FLT_EPSILON), 0};
   }
-  const float scale =
-      fmaxf((hi - lo) / static_cast<float>(r.qmax - r.qmin), FLT_EPSILON);
+  const float levels = static_cast<float>(r.qmax - r.qmin);
+  float scale = (hi - lo) / levels;
+  // hi - lo overflows float32 when the data spans more than FLT_MAX; the
+  // scale itself is representable, so form it without the overflowing sum.
+  if (!is_finite(scale)) scale = hi / levels - lo / levels;
+  scale = fmaxf(scale, FLT_EPSILON);
   float zp = static_cast<float>(r.qmin) - nearbyintf(lo / scale);
   zp = fminf(fmaxf(zp, static_cast<float>(r.qmin)), static_cast<float>(r.qmax));
   return QParams{scale, static_cast<int>(zp)};

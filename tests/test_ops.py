@@ -1003,3 +1003,16 @@ def test_property_per_channel_and_token(data, mode, bits, rows, cols, axis):
     dt = tq.dequantize(qt, st_, zt)
     bound = st_.unsqueeze(-1).double() / 2 * (1 + 1e-4) + 1e-6 * x.double().abs() + 1e-30
     assert ((dt.double() - x.double()).abs() <= bound).all()
+
+
+def test_choose_qparams_asymmetric_range_wider_than_float_max(isa):
+    # hi - lo overflows float32 here; the scale (hi - lo) / 255 does not.
+    x = torch.tensor([3.4e38, -3.4e38, 1.0])
+    scale, zp = tq.choose_qparams(x, "asymmetric")
+    assert torch.isfinite(scale) and scale > 0
+    expected = torch.tensor(3.4e38) / 255 - torch.tensor(-3.4e38) / 255
+    assert scale.item() == expected.item()
+    ref_scale, ref_zp = ref.choose_qparams(x, "asymmetric")
+    assert torch.equal(scale, ref_scale) and torch.equal(zp, ref_zp)
+    q = tq.quantize(x, scale, zp, "asymmetric")
+    assert q.tolist() == [255, 0, zp.item()]

@@ -148,10 +148,10 @@ def dynamic_quantized_linear(
 # with a CPU x must fail here, not return an uninitialised tensor.
 
 
-def _check_mode(op: str, mode: str) -> torch.dtype:
+def _check_mode(op: str, mode: str, name: str = "mode") -> torch.dtype:
     torch._check(
         mode in ("symmetric", "asymmetric"),
-        lambda: f"{op}: mode must be 'symmetric' or 'asymmetric', got '{mode}'",
+        lambda: f"{op}: {name} must be 'symmetric' or 'asymmetric', got '{mode}'",
     )
     return torch.int8 if mode == "symmetric" else torch.uint8
 
@@ -343,7 +343,7 @@ def _quantized_linear_fake(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, 
 @torch.library.register_fake("torch_quant::dynamic_quantized_linear")
 def _dynamic_quantized_linear_fake(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric"):
     op = "torch_quant.dynamic_quantized_linear"
-    _check_mode(op, act_mode)
+    _check_mode(op, act_mode, "act_mode")
     _check_float(op, "x", x)
     torch._check(x.dim() >= 1, lambda: f"{op}: x must have shape [*, K], got a 0-dim tensor")
     N = _check_linear_weight(op, x, w_q, w_scale, bias, w_sum)

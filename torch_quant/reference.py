@@ -40,7 +40,11 @@ def _params_from_range(lo: Tensor, hi: Tensor, mode: str, bits: int) -> Tuple[Te
         amax = torch.maximum(-lo, hi)
         scale = torch.maximum(amax / torch.tensor(float(qmax)), eps)
         return scale, torch.zeros_like(scale, dtype=torch.int32)
-    scale = torch.maximum((hi - lo) / torch.tensor(float(qmax - qmin)), eps)
+    levels = torch.tensor(float(qmax - qmin))
+    scale = (hi - lo) / levels
+    # hi - lo can overflow float32 although the scale is representable.
+    scale = torch.where(torch.isfinite(scale), scale, hi / levels - lo / levels)
+    scale = torch.maximum(scale, eps)
     zp = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
     return scale, zp.to(torch.int32)
 

@@ -160,7 +160,7 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
                                         const std::optional<at::Tensor>& w_sum,
                                         std::string_view act_mode) {
   constexpr const char* op = "torch_quant.dynamic_quantized_linear";
-  const Mode mode = parse_mode(op, act_mode);
+  const Mode mode = parse_mode(op, act_mode, "act_mode");
   check_float_input(op, "x", x_in);
   TORCH_CHECK(x_in.dim() >= 1, op, ": x must have shape [*, K], got a 0-dim tensor");
   const int64_t N = check_linear_weight(op, x_in, w_q, w_scale, bias, w_sum);
