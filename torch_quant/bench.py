@@ -22,6 +22,11 @@ Methodology
   the ratio of two medians. Because the runs are interleaved, repetition i of
   two candidates ran back to back, so the goals block also shows the IQR of the
   per-repetition ratios: a FAIL whose IQR straddles the threshold is noise-level.
+* Load: on a small machine a busy neighbour (a compiler, a test run) makes the
+  multi-threaded ops wait for a core, in steps of a scheduler tick, which can
+  double a time. The header shows the load average, and each section's footer
+  how many cores other processes used meanwhile (from /proc/stat), with a
+  WARNING above 0.2: rerun such a section on an idle machine.
 * Bandwidth: effective GB/s = bytes the op must move / median time, with
   1 GB = 1e9 bytes. quantize counts 5 bytes per element (4 read + 1 written),
   dequantize 5 (1 read + 4 written), the fp32 copy 8 (4 + 4), choose_qparams
@@ -55,17 +60,37 @@ per_token
 isa
     the per-tensor and per-token quantize with each instruction set of
     ``torch_quant._C._supported_cpu_isas()``, relative to the best one.
+linear
+    ``dynamic_quantized_linear`` (W8A8: int8 per-channel weights, activations
+    quantized per token inside the op, symmetric and asymmetric) at
+    K = N = 4096 and K = 4096, N = 11008 (an LLM MLP), M in {1, 16, 256},
+    against fp32 ``F.linear`` and the int8 paths this torch has on CPU:
+    ``torch.ao.quantization.quantize_dynamic`` (fbgemm), ``torch._int_mm``,
+    ``aten._weight_int8pack_mm`` and, when installed, torchao's
+    ``Int8DynamicActivationInt8WeightConfig`` (eager and ``torch.compile``).
+    No bias anywhere. Each candidate cycles through 4 independent copies of
+    its weights, call by call, so that every call reads them from DRAM: a
+    16 MiB int8 weight would otherwise stay in a 32 MiB L3 between calls while
+    the 64 MiB fp32 one cannot, which flatters int8 at small M. Repetitions
+    per shape: 11 (M <= 16) or 5 (M = 256) unless ``--repeat`` is given; the
+    slow baselines get fewer (about 6 s of calls per shape) and are skipped
+    where one call takes, or is predicted to take, more than 5 s.
 
 The goals block at the end checks the project's targets for per-tensor
 quantize (effective bandwidth >= 0.7 x copy bandwidth; at least as fast as
-``torch.quantize_per_tensor``) and per-token quantize (>= 3x the composed
-torch ops). ``--json PATH`` writes every measurement, raw times included.
+``torch.quantize_per_tensor``), per-token quantize (>= 3x the composed
+torch ops) and the linear (symmetric W8A8 >= 3x fp32 ``F.linear`` at M = 1,
+>= 2.5x at M = 16 and 256 for K = N = 4096; asymmetric time <= 1.05x
+symmetric at every shape; at least as fast as every int8 baseline at every
+shape). ``--json PATH`` writes every measurement, raw times included.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -77,6 +102,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import torch_quant as tq
 from torch_quant import _C
@@ -94,6 +121,17 @@ GOAL_BW_FRACTION = 0.7  # our quantize GB/s / fp32 copy GB/s
 GOAL_VS_TORCH = 1.0  # torch.quantize_per_tensor time / our time
 GOAL_PER_TOKEN = 3.0  # composed torch per-token time / our time
 
+# linear section
+LINEAR_SHAPES = ((4096, 4096), (11008, 4096))  # (N, K)
+LINEAR_MS = (1, 16, 256)
+LINEAR_REPEAT = {1: 11, 16: 11, 256: 5}  # default repetitions per M
+LINEAR_WEIGHT_COPIES = 4  # cycled call by call, so weights come from DRAM
+LINEAR_SLOW_CAP_S = 5.0  # skip a candidate whose call takes (or would take) longer
+LINEAR_SLOW_BUDGET_S = 6.0  # timed seconds per slow baseline and shape
+GOAL_LINEAR_SPEEDUP = {1: 3.0, 16: 2.5, 256: 2.5}  # fp32 time / ours sym, K = N = 4096
+GOAL_LINEAR_ASYM = 1.05  # asym time / sym time, at most
+GOAL_LINEAR_VS_INT8 = 1.0  # int8 baseline time / ours sym, at least
+
 
 # ---------------------------------------------------------------------------
 # Timing
@@ -103,6 +141,7 @@ GOAL_PER_TOKEN = 3.0  # composed torch per-token time / our time
 class Config:
     repeat: int
     warmup: int
+    repeat_given: bool = False  # --repeat on the command line (else sections may pick their own)
 
 
 @dataclass
@@ -164,20 +203,24 @@ class Row:
     extra: Dict[str, object] = field(default_factory=dict)
 
     @property
-    def median(self) -> float:
-        return statistics.median(self.times)
+    def median(self) -> Optional[float]:
+        return statistics.median(self.times) if self.times else None
 
     @property
-    def iqr(self) -> float:
+    def iqr(self) -> Optional[float]:
+        if not self.times:
+            return None
         q1, _, q3 = _quantiles(self.times)
         return q3 - q1
 
     @property
     def gbps(self) -> Optional[float]:
-        return None if self.nbytes is None else self.nbytes / self.median / 1e9
+        if self.nbytes is None or not self.times:
+            return None
+        return self.nbytes / self.median / 1e9
 
     def to_json(self) -> Dict[str, object]:
-        q1, med, q3 = _quantiles(self.times)
+        q1, med, q3 = _quantiles(self.times) if self.times else (None, None, None)
         return {
             "key": self.key,
             "label": self.label,
@@ -203,15 +246,19 @@ class Goal:
     threshold: float
     q1: Optional[float] = None
     q3: Optional[float] = None
+    op: str = ">="  # passed when value >= threshold, or value <= threshold with "<="
 
     @property
     def passed(self) -> bool:
+        if self.op == "<=":
+            return self.value <= self.threshold
         return self.value >= self.threshold
 
     def to_json(self) -> Dict[str, object]:
         return {
             "name": self.name,
             "value": self.value,
+            "op": self.op,
             "threshold": self.threshold,
             "per_rep_q1": self.q1,
             "per_rep_q3": self.q3,
@@ -228,6 +275,7 @@ class SectionResult:
     rows: List[Row]
     goals: List[Goal] = field(default_factory=list)
     columns: Tuple[str, ...] = ("median ms", "IQR ms", "GB/s", "ratio", "vs")
+    others: Optional[Tuple[float, float]] = None  # cores used by other processes, stolen
 
 
 def _set_ratio(rows: Dict[str, Row], key: str, baseline: str, invert: bool = False) -> None:
@@ -507,6 +555,419 @@ def _section_isa(cfg: Config) -> SectionResult:
     )
 
 
+# ---------------------------------------------------------------------------
+# Linear
+
+
+@dataclass
+class _LinCand:
+    key: str
+    label: str
+    fn: Callable[[], object]
+    weight_bytes: int = 1  # bytes per weight element read by one call
+    to_fp32: Optional[Callable[[object], torch.Tensor]] = None  # output -> y, for the check
+    slow: bool = False  # may be very slow: fewer repetitions, skipped past the cap
+    int8_baseline: Optional[str] = None  # short name, for the goal "ours vs this"
+
+
+def _cycling(fn: Callable[..., object], args: Sequence[Tuple]) -> Callable[[], object]:
+    """fn(*args[0]), fn(*args[1]), ... call by call, round and round."""
+    it = itertools.cycle(args)
+    return lambda: fn(*next(it))
+
+
+def _spread(n: int, reps: int) -> List[int]:
+    """n repetition indices out of range(reps), evenly spread."""
+    if n >= reps:
+        return list(range(reps))
+    if n == 1:
+        return [reps // 2]
+    return [round(j * (reps - 1) / (n - 1)) for j in range(n)]
+
+
+def _predict_call_s(hist: Dict[str, List[Tuple[int, int, int, float]]], key: str,
+                    M: int, N: int, K: int) -> Optional[Tuple[float, str]]:
+    """A call's time from an earlier shape, scaled by the work (M*N*K); None if none."""
+    h = hist.get(key, [])
+    same = [(m, t) for m, n, k, t in h if (n, k) == (N, K) and m <= M]
+    if same:
+        m, t = max(same)
+        return t * M / m, f"M={m}"
+    other = [(m, n, k, t) for m, n, k, t in h if m == M]
+    if other:
+        m, n, k, t = other[-1]
+        return t * N * K / (n * k), f"N={n}"
+    return None
+
+
+def _measure_linear(cands: Sequence[_LinCand], reps: int, warmup: int,
+                    predicted: Dict[str, Optional[Tuple[float, str]]]):
+    """Warm up (the first call is timed and checked), then time round-robin.
+
+    Returns ({key: {rep index: seconds}}, {key: (short skip reason, details)},
+    {key: rel err},
+    {key: first call seconds}). A slow candidate is skipped if its call is
+    predicted (or its first call found) to take more than LINEAR_SLOW_CAP_S,
+    and otherwise runs in about LINEAR_SLOW_BUDGET_S of repetitions spread
+    evenly over the `reps` rounds.
+    """
+    clock = time.perf_counter
+    plan: Dict[str, set] = {}
+    skipped: Dict[str, str] = {}
+    rel_err: Dict[str, float] = {}
+    first: Dict[str, float] = {}
+    y_ref = None
+    for c in cands:
+        pred = predicted.get(c.key)
+        if c.slow and pred is not None and pred[0] > LINEAR_SLOW_CAP_S:
+            skipped[c.key] = (f"too slow: >{LINEAR_SLOW_CAP_S:g} s",
+                              f"~{pred[0]:.1f} s per call predicted from {pred[1]}")
+            continue
+        try:
+            t0 = clock()
+            out = c.fn()
+            t1 = clock()
+            y = c.to_fp32(out) if c.to_fp32 is not None else out
+        except Exception as e:  # a baseline this torch cannot run
+            skipped[c.key] = ("error", f"{type(e).__name__}: {str(e).splitlines()[0][:100]}")
+            continue
+        first[c.key] = t1 - t0
+        if y_ref is None:
+            y_ref = y.float()  # the first candidate (fp32 F.linear) is the reference
+        else:
+            rel_err[c.key] = float((y.float() - y_ref).norm() / y_ref.norm())
+        del out, y
+        if c.slow and t1 - t0 > LINEAR_SLOW_CAP_S:
+            skipped[c.key] = (f"too slow: >{LINEAR_SLOW_CAP_S:g} s",
+                              f"its first call took {t1 - t0:.1f} s")
+            continue
+        if not c.slow or t1 - t0 < 0.25:
+            for _ in range(warmup - 1):
+                c.fn()
+        n = reps
+        if c.slow:
+            n = max(1, min(reps, int(LINEAR_SLOW_BUDGET_S / max(t1 - t0, 1e-9))))
+        plan[c.key] = set(_spread(n, reps))
+    times: Dict[str, Dict[int, float]] = {k: {} for k in plan}
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(reps):
+            for c in cands:
+                if i in plan.get(c.key, ()):
+                    t0 = clock()
+                    c.fn()
+                    t1 = clock()
+                    times[c.key][i] = t1 - t0
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times, skipped, rel_err, first
+
+
+def _ratio_by_rep(num: Dict[int, float], den: Dict[int, float]) -> Tuple[float, float, float]:
+    """(median(num) / median(den), q1 and q3 of num[i] / den[i] over shared repetitions)."""
+    ratio = statistics.median(num.values()) / statistics.median(den.values())
+    per_rep = [num[i] / den[i] for i in sorted(num) if i in den]
+    q1, _, q3 = _quantiles(per_rep)
+    return ratio, q1, q3
+
+
+def _quiet(fn: Callable[[], object]) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn()
+
+
+def _linear_module(w: torch.Tensor) -> nn.Linear:
+    """An nn.Linear without bias whose weight is (a view of) w, without random init."""
+    N, K = w.shape
+    lin = nn.Linear(K, N, bias=False, device="meta")
+    lin.weight = nn.Parameter(w, requires_grad=False)
+    return lin.eval()
+
+
+def _section_linear(cfg: Config) -> SectionResult:
+    notes: List[str] = []
+    copies = LINEAR_WEIGHT_COPIES
+
+    # The machine's own ceilings, for context.
+    n_bw = 64 * 2**20  # 256 MiB of float32
+    src = torch.empty(n_bw).fill_(1.0)
+    dst = torch.empty_like(src)
+    t = measure([Candidate("copy", lambda: dst.copy_(src)), Candidate("sum", lambda: src.sum())],
+                Config(repeat=7, warmup=1))
+    copy_gbps = 8 * n_bw / statistics.median(t["copy"]) / 1e9
+    read_gbps = 4 * n_bw / statistics.median(t["sum"]) / 1e9
+    del src, dst
+
+    # Which baselines this torch (and environment) has.
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as e:
+        quantize_dynamic = None
+        notes.append(f"torch.ao.quantization.quantize_dynamic: skipped (not in this torch: {e})")
+    has_int_mm = hasattr(torch, "_int_mm")
+    if not has_int_mm:
+        notes.append("torch._int_mm: skipped (not in this torch)")
+    has_w8 = hasattr(torch.ops.aten, "_weight_int8pack_mm")
+    if not has_w8:
+        notes.append("aten._weight_int8pack_mm: skipped (not in this torch)")
+    torchao_cfg = None
+    if importlib.util.find_spec("torchao") is None:
+        notes.append("torchao Int8DynamicActivationInt8WeightConfig (eager and torch.compile): "
+                     "skipped (torchao is not installed)")
+    else:
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+            torchao_cfg = (quantize_, Int8DynamicActivationInt8WeightConfig)
+        except Exception as e:
+            notes.append(f"torchao Int8DynamicActivationInt8WeightConfig: skipped "
+                         f"(import failed: {type(e).__name__}: {e})")
+
+    gen = torch.Generator().manual_seed(3)
+    rows: List[Row] = []
+    by_shape: Dict[Tuple[int, int, int], Dict[str, Row]] = {}
+    hist: Dict[str, List[Tuple[int, int, int, float]]] = {}
+    raw: Dict[Tuple[int, int, int], Dict[str, Dict[int, float]]] = {}
+    baselines: Dict[str, str] = {}  # key -> short name
+    skipped_anywhere: List[str] = []
+
+    for N, K in LINEAR_SHAPES:
+        w = torch.randn(N, K, generator=gen)
+        x_all = torch.randn(max(LINEAR_MS), K, generator=gen)
+        w_scale, w_zp = tq.choose_qparams(w, "symmetric", axis=0)
+        w_q = tq.quantize(w, w_scale, w_zp, "symmetric", axis=0)
+        w_sum = w_q.sum(1, dtype=torch.int32)  # kept by the layer, as its weights are
+
+        def clones(t: torch.Tensor) -> List[torch.Tensor]:
+            return [t.clone() for _ in range(copies)]
+
+        # Independent weight copies per candidate (sharing them between two
+        # candidates timed back to back would let the second hit the L3).
+        w_f32 = clones(w)
+        wq_sym, wq_asym, wq_int_mm, wq_w8 = (clones(w_q) for _ in range(4))
+        built: Dict[str, object] = {}
+        if quantize_dynamic is not None:
+            for key, spec in (("qd_tensor", {nn.Linear}),
+                              ("qd_channel", {nn.Linear: per_channel_dynamic_qconfig})):
+                try:
+                    built[key] = [
+                        _quiet(lambda: quantize_dynamic(nn.Sequential(_linear_module(w)), spec,
+                                                        dtype=torch.qint8, inplace=True))
+                        for _ in range(copies)
+                    ]
+                except Exception as e:
+                    built[key] = ("error", f"{type(e).__name__}: {str(e).splitlines()[0][:100]}")
+        if torchao_cfg is not None:
+            quantize_, ao_config = torchao_cfg
+            for key in ("torchao_eager", "torchao_compiled"):
+                try:
+                    mods = []
+                    for _ in range(copies):
+                        lin = _linear_module(w.clone())
+                        _quiet(lambda: quantize_(lin, ao_config()))
+                        mods.append(lin)
+                    built[key] = mods
+                except Exception as e:
+                    built[key] = ("error", f"{type(e).__name__}: {str(e).splitlines()[0][:100]}")
+
+        for M in LINEAR_MS:
+            reps = cfg.repeat if cfg.repeat_given else LINEAR_REPEAT[M]
+            x = x_all[:M].contiguous()
+            x_q, x_s, _ = tq.quantize_per_token(x, "symmetric")  # for torch._int_mm, untimed
+
+            cands: List[_LinCand] = [
+                _LinCand("fp32", "fp32 F.linear(x, w)",
+                         _cycling(lambda wt: F.linear(x, wt), [(t,) for t in w_f32]), 4),
+                _LinCand("ours_sym", "ours dynamic_quantized_linear symmetric",
+                         _cycling(lambda wt: tq.dynamic_quantized_linear(
+                             x, wt, w_scale, None, w_sum, "symmetric"), [(t,) for t in wq_sym])),
+                _LinCand("ours_asym", "ours dynamic_quantized_linear asymmetric",
+                         _cycling(lambda wt: tq.dynamic_quantized_linear(
+                             x, wt, w_scale, None, w_sum, "asymmetric"), [(t,) for t in wq_asym])),
+            ]
+            unavailable: Dict[str, Tuple[str, Tuple[str, str]]] = {}  # key -> (label, reason)
+            for key, label, short in (
+                ("qd_tensor", "torch.ao quantize_dynamic, per-tensor w",
+                 "quantize_dynamic per-tensor"),
+                ("qd_channel", "torch.ao quantize_dynamic, per-channel w",
+                 "quantize_dynamic per-channel"),
+            ):
+                if key not in built:
+                    continue
+                if isinstance(built[key], tuple):
+                    unavailable[key] = (label, built[key])
+                else:
+                    cands.append(_LinCand(key, label,
+                                          _cycling(lambda m: m(x), [(m,) for m in built[key]]),
+                                          int8_baseline=short))
+            if has_int_mm:
+                cands.append(_LinCand(
+                    "int_mm", "torch._int_mm(x_int8, w_int8.t()), int32 out",
+                    _cycling(lambda wt: torch._int_mm(x_q, wt.t()), [(t,) for t in wq_int_mm]),
+                    to_fp32=lambda acc: acc.float() * x_s[:, None] * w_scale[None, :],
+                    slow=True, int8_baseline="torch._int_mm"))
+            if has_w8:
+                cands.append(_LinCand(
+                    "w8pack", "aten._weight_int8pack_mm(x, w_int8, scales)",
+                    _cycling(lambda wt: torch.ops.aten._weight_int8pack_mm(x, wt, w_scale),
+                             [(t,) for t in wq_w8]),
+                    slow=True, int8_baseline="aten._weight_int8pack_mm"))
+            if torchao_cfg is not None:
+                torch._dynamo.reset()
+                for key, label, short in (
+                    ("torchao_eager", "torchao int8 dyn-act/int8-w, eager", "torchao eager"),
+                    ("torchao_compiled", "torchao int8 dyn-act/int8-w, torch.compile",
+                     "torchao compiled"),
+                ):
+                    if isinstance(built[key], tuple):
+                        unavailable[key] = (label, built[key])
+                        continue
+                    if key == "torchao_eager":
+                        step = lambda m: m(x)  # noqa: E731
+                    else:
+                        compiled = torch.compile(lambda m, inp: m(inp), dynamic=False)
+                        step = lambda m, c=compiled: c(m, x)  # noqa: E731
+                    cands.append(_LinCand(key, label, _cycling(step, [(m,) for m in built[key]]),
+                                          int8_baseline=short))
+
+            predicted = {c.key: _predict_call_s(hist, c.key, M, N, K) for c in cands}
+            times, skipped, rel_err, first = _measure_linear(cands, reps, cfg.warmup, predicted)
+            for k, reason in unavailable.items():
+                skipped[k] = reason
+            raw[(M, N, K)] = times
+
+            shape_rows: Dict[str, Row] = {}
+            ops = 2 * M * N * K
+            labels = {c.key: c.label for c in cands}
+            labels.update({k: v[0] for k, v in unavailable.items()})
+            wbytes = {c.key: c.weight_bytes for c in cands}
+            for c in cands:
+                if c.int8_baseline:
+                    baselines[c.key] = c.int8_baseline
+            for key in list(labels):
+                label = f"M={M:<3} N={N:<5} {labels[key]}"
+                if key in skipped:
+                    label += f" -- skipped ({skipped[key][0]})"
+                    skipped_anywhere.append(
+                        f"M={M} N={N} {labels[key]}: {skipped[key][0]}: {skipped[key][1]}")
+                ts = times.get(key, {})
+                order = sorted(ts)
+                r = Row(f"linear/M{M}/N{N}/K{K}/{key}", label, [ts[i] for i in order],
+                        wbytes.get(key, 1) * N * K if M == 1 else None,
+                        extra={"M": M, "N": N, "K": K, "ops": ops, "rep_index": order,
+                               "rel_err": rel_err.get(key),
+                               "skipped": ": ".join(skipped[key]) if key in skipped else None,
+                               "first_call_s": first.get(key)})
+                if ts:
+                    r.extra["gops"] = ops / r.median / 1e9
+                    hist.setdefault(key, []).append((M, N, K, r.median))
+                elif key in first:  # skipped after its first call
+                    hist.setdefault(key, []).append((M, N, K, first[key]))
+                elif predicted.get(key) is not None:
+                    # skipped on the prediction: so that a larger M is predicted from it
+                    hist.setdefault(key, []).append((M, N, K, predicted[key][0]))
+                if ts and key != "fp32" and "fp32" in times:
+                    r.baseline = "fp32"
+                    r.ratio, r.ratio_q1, r.ratio_q3 = _ratio_by_rep(times["fp32"], ts)
+                shape_rows[key] = r
+                rows.append(r)
+            if times.get("ours_sym") and times.get("ours_asym"):
+                a = shape_rows["ours_asym"]
+                v, q1, q3 = _ratio_by_rep(times["ours_asym"], times["ours_sym"])
+                a.extra.update(asym_over_sym=v, asym_over_sym_q1=q1, asym_over_sym_q3=q3)
+            by_shape[(M, N, K)] = shape_rows
+            del cands, x_q, x_s
+        del w, w_f32, wq_sym, wq_asym, wq_int_mm, wq_w8, built
+
+    # Goals.
+    goals: List[Goal] = []
+    for M in LINEAR_MS:
+        r = by_shape.get((M, 4096, 4096), {}).get("ours_sym")
+        if r is not None and r.ratio is not None:
+            goals.append(Goal(f"linear sym W8A8 M={M} K=N=4096: fp32 F.linear time / ours",
+                              r.ratio, GOAL_LINEAR_SPEEDUP[M], r.ratio_q1, r.ratio_q3))
+    for (M, N, K), sr in by_shape.items():
+        a = sr.get("ours_asym")
+        if a is not None and a.extra.get("asym_over_sym") is not None:
+            goals.append(Goal(f"linear M={M} N={N} K={K}: ours asymmetric time / symmetric",
+                              a.extra["asym_over_sym"], GOAL_LINEAR_ASYM,
+                              a.extra["asym_over_sym_q1"], a.extra["asym_over_sym_q3"], op="<="))
+    for key, short in baselines.items():
+        worst = None
+        for (M, N, K), times in raw.items():
+            if times.get(key) and times.get("ours_sym"):
+                v = _ratio_by_rep(times[key], times["ours_sym"])
+                if worst is None or v[0] < worst[0][0]:
+                    worst = (v, M, N)
+        if worst is not None:
+            (v, q1, q3), M, N = worst
+            n_shapes = sum(1 for t in raw.values() if t.get(key) and t.get("ours_sym"))
+            goals.append(Goal(f"linear: {short} time / ours sym, worst of {n_shapes} shapes "
+                              f"(M={M} N={N})", v, GOAL_LINEAR_VS_INT8, q1, q3))
+
+    measured = [r for r in rows if r.times]
+    best = max(measured, key=lambda r: r.extra["gops"])
+    notes.insert(0, (
+        f"machine ceilings, measured in this section: fp32 dst.copy_(src) of 256 MiB "
+        f"{copy_gbps:.1f} GB/s (8 B/elt: 4 read + 4 written), src.sum() {read_gbps:.1f} GB/s "
+        f"(read only); best GOP/s observed here: {best.extra['gops']:.1f} "
+        f"({best.label.split(' -- ')[0]})"))
+    notes.insert(1, (
+        f"each candidate cycles through {copies} independent copies of its weights call by call, "
+        f"so its weights are read from DRAM on every call: the int8 4096x4096 weight (16 MiB) "
+        f"would otherwise stay in the {_l3_cache() or 'L3'} L3 between calls while the fp32 one "
+        f"(64 MiB) cannot, which would inflate the int8 speedups at small M"))
+    notes.extend([
+        f"all candidates: no bias, {torch.get_num_threads()} threads, x float32 [M, K] "
+        "(shared: it is hot in cache, as a layer's input is); a row's median is over its n "
+        "interleaved repetitions; 'vs fp32' = fp32 F.linear median / this median (>1: faster), "
+        "its per-rep IQR in the JSON; asym/sym = asymmetric median / symmetric median",
+        "ours: w_q, w_scale from symmetric per-channel (axis=0) quantization, w_sum = "
+        "w_q.sum(1, dtype=int32) precomputed; activations quantized per token inside the op",
+        f"quantize_dynamic: engine '{torch.backends.quantized.engine}', prepacked qint8 weights "
+        "(per tensor, or per channel with per_channel_dynamic_qconfig), activations quantized "
+        "per tensor (uint8, reduce_range) inside the op",
+        "torch._int_mm gets x already quantized per token (untimed) and returns the int32 "
+        "accumulator: its time leaves out quantizing x and scaling the output, ours includes both; "
+        "_weight_int8pack_mm is weight-only int8 (fp32 x, per-channel scales)",
+        f"slow baselines: about {LINEAR_SLOW_BUDGET_S:g} s of timed calls per shape (n column), "
+        f"spread over the repetitions, and skipped when one call takes or would take "
+        f">{LINEAR_SLOW_CAP_S:g} s (predicted from a smaller M, scaled by M)",
+        "GOP/s = 2*M*N*K / median; W GB/s (M=1 only) = weight bytes per call / median: N*K for "
+        "int8, 4*N*K for fp32; rel err = ||y - y_fp32|| / ||y_fp32|| from the first warm-up call",
+    ])
+    for s in skipped_anywhere:
+        notes.append(f"skipped: {s}")
+    return SectionResult(
+        "linear",
+        f"linear y = x w^T, K = {', '.join(sorted({str(k) for _, k in LINEAR_SHAPES}))}, "
+        f"N in {{{', '.join(str(n) for n, _ in LINEAR_SHAPES)}}}, "
+        f"M in {{{', '.join(map(str, LINEAR_MS))}}}, cpu isa {_C._cpu_isa()}",
+        "vs fp32 = fp32 F.linear median time / this median time (>1: faster than fp32), "
+        "measured in the same interleaved run",
+        notes,
+        rows,
+        goals,
+        ("median ms", "IQR ms", "n", "GOP/s", "W GB/s", "vs fp32", "asym/sym", "rel err"),
+    )
+
+
+def _l3_cache() -> Optional[str]:
+    """The L3 size from sysfs, e.g. '32 MiB'; None if unknown."""
+    for idx in range(8):
+        base = f"/sys/devices/system/cpu/cpu0/cache/index{idx}"
+        if _read_first_line(f"{base}/level") == "3":
+            size = _read_first_line(f"{base}/size") or ""
+            if size.endswith("K") and size[:-1].isdigit():
+                kib = int(size[:-1])
+                return f"{kib // 1024} MiB" if kib % 1024 == 0 else f"{kib} KiB"
+            return size or None
+    return None
+
+
 @dataclass
 class Section:
     name: str
@@ -521,6 +982,8 @@ SECTIONS: List[Section] = [
             _section_per_token),
     Section("isa", "per-tensor and per-token quantize with each supported ISA vs the best",
             _section_isa),
+    Section("linear", "dynamic_quantized_linear (W8A8) vs fp32 F.linear and torch's int8 paths",
+            _section_linear),
 ]
 
 
@@ -547,6 +1010,54 @@ def _read_first_line(path: str) -> Optional[str]:
         return None
 
 
+def _cpu_snapshot() -> Optional[Tuple[float, float, float, float]]:
+    """(machine busy CPU s, stolen CPU s, this process's CPU s, wall s), or None."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(vals) < 7:
+        return None
+    busy = (vals[0] + vals[1] + vals[2] + vals[5] + vals[6]) / hz  # user nice system irq softirq
+    steal = vals[7] / hz if len(vals) > 7 else 0.0
+    t = os.times()
+    return busy, steal, t.user + t.system, time.perf_counter()
+
+
+def _others_cores(a, b) -> Optional[Tuple[float, float]]:
+    """CPU cores used on average by other processes, and stolen by the hypervisor,
+    between two snapshots."""
+    if a is None or b is None or b[3] <= a[3]:
+        return None
+    wall = b[3] - a[3]
+    others = ((b[0] - a[0]) - (b[2] - a[2])) / wall
+    return max(0.0, others), max(0.0, (b[1] - a[1]) / wall)
+
+
+OTHERS_WARN_CORES = 0.2
+
+
+def _format_others(o: Optional[Tuple[float, float]]) -> str:
+    if o is None:
+        return ""
+    text = f"; other processes used {o[0]:.2f} cores on average"
+    if o[1] >= 0.01:
+        text += f", the hypervisor stole {o[1]:.2f}"
+    if o[0] + o[1] > OTHERS_WARN_CORES:
+        text += (" -- WARNING: the machine was not idle, times are inflated and noisy "
+                 "(multi-threaded ops wait for a core); rerun on an idle machine")
+    return text
+
+
+def _loadavg() -> Optional[Tuple[float, float, float]]:
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None
+
+
 def _environment() -> Dict[str, object]:
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -563,6 +1074,7 @@ def _environment() -> Dict[str, object]:
         "supported_isas": list(_C._supported_cpu_isas()),
         "transparent_hugepage": _read_first_line("/sys/kernel/mm/transparent_hugepage/enabled"),
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "loadavg": _loadavg(),
     }
 
 
@@ -572,11 +1084,21 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 def _cell(row: Row, col: str) -> str:
     if col == "median ms":
-        return _fmt(row.median * 1e3, ".2f")
+        return _fmt(None if row.median is None else row.median * 1e3, ".2f")
     if col == "IQR ms":
-        return _fmt(row.iqr * 1e3, ".2f")
-    if col == "GB/s":
+        return _fmt(None if row.iqr is None else row.iqr * 1e3, ".2f")
+    if col in ("GB/s", "W GB/s"):
         return _fmt(row.gbps, ".2f")
+    if col == "GOP/s":
+        return _fmt(row.extra.get("gops"), ".1f")
+    if col == "asym/sym":
+        return _fmt(row.extra.get("asym_over_sym"), ".2f")
+    if col == "rel err":
+        return _fmt(row.extra.get("rel_err"), ".1e")
+    if col == "n":
+        return str(len(row.times)) if row.times else "-"
+    if col == "vs fp32":
+        return _fmt(row.ratio, ".2f")
     if col == "BW/copy":
         return _fmt(row.bw_fraction, ".2f")
     if col == "ratio":
@@ -614,7 +1136,7 @@ def format_goals(goals: Sequence[Goal]) -> str:
         iqr = "" if g.q1 is None else f"  (per-rep IQR {g.q1:.2f}-{g.q3:.2f})"
         out.append(
             f"{'PASS' if g.passed else 'FAIL'}  {g.name.ljust(w)}  "
-            f"{g.value:6.2f} >= {g.threshold:.2f}{iqr}"
+            f"{g.value:6.2f} {g.op} {g.threshold:.2f}{iqr}"
         )
     return "\n".join(out)
 
@@ -634,15 +1156,16 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--only", metavar="SECTION", action="append",
                    help=f"run only these sections ({', '.join(names)}); "
                    "repeat the flag or separate names with commas")
-    p.add_argument("--repeat", type=int, default=21, metavar="N",
-                   help="timed repetitions per candidate (default 21)")
+    p.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="timed repetitions per candidate (default 21; linear: 11 at M <= 16, "
+                   "5 at M = 256, fewer for the slow baselines)")
     p.add_argument("--warmup", type=int, default=3, metavar="N",
                    help="untimed calls per candidate first (default 3)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch.set_num_threads(N) (default: torch's default)")
     p.add_argument("--json", metavar="PATH", help="also write all measurements as JSON")
     args = p.parse_args(argv)
-    if args.repeat < 1:
+    if args.repeat is not None and args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
@@ -663,7 +1186,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cfg = Config(repeat=args.repeat, warmup=args.warmup)
+    cfg = Config(repeat=21 if args.repeat is None else args.repeat, warmup=args.warmup,
+                 repeat_given=args.repeat is not None)
     env = _environment()
 
     print("torch_quant bench")
@@ -673,8 +1197,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"cpu isa: {env['cpu_isa']} (supported: {', '.join(env['supported_isas'])})")
     print(f"memory: transparent_hugepage {env['transparent_hugepage'] or '?'}, "
           f"THP_MEM_ALLOC_ENABLE={env['THP_MEM_ALLOC_ENABLE'] or 'unset'}")
+    if env["loadavg"] is not None:
+        # Another busy process makes the multi-threaded ops wait for a core.
+        print("load average before the run: "
+              + " / ".join(f"{v:.2f}" for v in env["loadavg"]) + " (1 / 5 / 15 min)")
     print(f"timing: median of {cfg.repeat} interleaved repetitions after {cfg.warmup} "
-          f"warm-up calls; IQR = q3 - q1")
+          f"warm-up calls; IQR = q3 - q1"
+          + ("" if cfg.repeat_given or not any(s.name == "linear" for s in args.sections)
+             else " (linear: 11 at M <= 16, 5 at M = 256, fewer for slow baselines)"))
     print(flush=True)
 
     results: List[SectionResult] = []
@@ -682,15 +1212,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with torch.inference_mode():
         for sec in args.sections:
             t0 = time.perf_counter()
+            snap0 = _cpu_snapshot()
             res = sec.run(cfg)
+            res.others = _others_cores(snap0, _cpu_snapshot())
             results.append(res)
             print(format_section(res))
-            print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
+            print(f"   ({time.perf_counter() - t0:.1f} s{_format_others(res.others)})", flush=True)
             print()
     goals = [g for r in results for g in r.goals]
     print(format_goals(goals))
     total = time.perf_counter() - start
-    print(f"\ntotal {total:.1f} s")
+    load = _loadavg()
+    print(f"\ntotal {total:.1f} s"
+          + ("" if load is None else f", load average after: {load[0]:.2f} (1 min)"))
 
     if args.json:
         payload = {
@@ -700,7 +1234,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "sections": [
                 {"name": r.name, "title": r.title, "ratio_meaning": r.ratio_meaning,
                  "notes": r.notes, "rows": [row.to_json() for row in r.rows],
-                 "goals": [g.to_json() for g in r.goals]}
+                 "goals": [g.to_json() for g in r.goals],
+                 "other_processes_cores": None if r.others is None else r.others[0],
+                 "steal_cores": None if r.others is None else r.others[1]}
                 for r in results
             ],
             "goals": [g.to_json() for g in goals],
