@@ -730,3 +730,41 @@ def test_export(mode):
     x2 = torch.randn(3, 5, 40, generator=g) * 3
     with torch.no_grad():
         assert_same(ep.module()(x2), m(x2), "exported vs eager")
+
+
+# The AVX2 kernel for many rows (csrc/cpu/gemm_avx2.cpp, M >= 48 per tile)
+# relies on weights in [-127, 127] to avoid int16 saturation and falls back to
+# the row kernel when a weight block holds -128; both paths must stay exact.
+PANEL_M = 50
+
+
+@pytest.mark.parametrize("x_dtype,x_val,zp", [(torch.int8, 127, 0), (torch.int8, -128, 0),
+                                              (torch.int8, -128, 127), (torch.uint8, 255, 0),
+                                              (torch.uint8, 0, 255), (torch.uint8, 255, 255)])
+@pytest.mark.parametrize("w_val", [127, -127, -128])
+@pytest.mark.parametrize("K", [4099, 65793])
+def test_many_rows_extremes_exact(isa, x_dtype, x_val, zp, w_val, K):
+    N = 5
+    x_q = torch.full((PANEL_M, K), x_val, dtype=x_dtype)
+    w_q = torch.full((N, K), w_val, dtype=torch.int8)
+    x_scale, x_zp = torch.tensor(1.0), torch.tensor(zp, dtype=torch.int32)
+    w_scale = torch.ones(N)
+    y = tq.quantized_linear(x_q, x_scale, x_zp, w_q, w_scale)
+    assert_same(y, ref_linear(x_q, x_scale, x_zp, w_q, w_scale))
+
+
+@pytest.mark.parametrize("x_dtype", [torch.int8, torch.uint8])
+@pytest.mark.parametrize("with_min", [False, True])
+@pytest.mark.parametrize("K", [1, 3, 4, 17, 1027])
+def test_many_rows_random_exact(isa, gen, x_dtype, with_min, K):
+    M, N = 2 * PANEL_M + 3, 37
+    x_q = codes(gen, (M, K), x_dtype)
+    w_q = torch.randint(-127, 128, (N, K), generator=gen, dtype=torch.int32).to(torch.int8)
+    if with_min:
+        w_q[N // 2, K // 2] = -128  # one -128 sends the block to the row kernel
+    x_scale, x_zp = x_params(gen, (M,), x_dtype, per_token=True)
+    w_scale = random_scale(gen, N)
+    y = tq.quantized_linear(x_q, x_scale, x_zp, w_q, w_scale)
+    assert_same(y, ref_linear(x_q, x_scale, x_zp, w_q, w_scale))
+    with using_isa("scalar"):
+        assert_same(tq.quantized_linear(x_q, x_scale, x_zp, w_q, w_scale), y)

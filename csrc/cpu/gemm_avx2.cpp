@@ -98,11 +98,9 @@ void widen(const A* a, int64_t lda, int64_t M, int64_t K, int64_t kp, int16_t* o
   }
 }
 
-}  // namespace
-
-void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
-              const int32_t* /*w_sum*/, int64_t M, int64_t N, int64_t K, int32_t* d,
-              int64_t ldd) {
+// The dot-product kernel: any weights, no packing (small M).
+void gemm_rows(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
+               int64_t M, int64_t N, int64_t K, int32_t* d, int64_t ldd) {
   const int64_t kp = (K + kStep - 1) / kStep * kStep, kfull = K / kStep * kStep;
   std::vector<int16_t> a16(static_cast<size_t>(M * kp));
   if (a_signed) {
@@ -135,6 +133,156 @@ void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_
       }
     }
   }
+}
+
+
+// ---------------------------------------------------------------------------
+// The panel kernel (many rows). vpmaddubsw multiplies 32 uint8 by 32 int8 and
+// adds pairs into int16, at twice the rate of vpmaddwd here, but saturates
+// when a pair exceeds 32767. It cannot here: the activation x (int8, or uint8
+// moved to int8 by x - 128) enters as |x| <= 128 and its sign moves onto the
+// weight, sign(x) * w, which stays in [-127, 127] as long as no weight is
+// -128; a pair is then at most 2 * 128 * 127 = 32512. Weight blocks holding
+// -128 (never produced by symmetric quantization with scale = max|w| / 127,
+// but legal) use gemm_rows instead. vpmaddwd with ones then adds the int16
+// pairs into int32 lanes.
+//
+// Weights are packed per call into panels of 16 columns: for each group of
+// four k, two 32-byte vectors holding 4 consecutive k of 8 columns each. The
+// activations are read in place, four bytes broadcast at a time.
+
+constexpr int kPr = 4;           // activation rows per micro-tile (8 accumulators)
+constexpr int kPc = 16;          // weight columns per micro-tile (two ymm of 8 int32)
+constexpr int64_t kQc = 256;     // K block in groups of four: 1 KiB of each row
+
+// Packs w (N x K) into ceil(N / 16) panels of nq = ceil(K / 4) groups of 64
+// bytes, zero padded. Returns false (and stops) if w holds -128.
+bool pack_panels(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* out) {
+  const int64_t nq = (K + 3) / 4, kfull = K / 4 * 4;
+  const int64_t panels = (N + kPc - 1) / kPc;
+  std::memset(out, 0, static_cast<size_t>(panels * nq * 64));
+  for (int64_t n = 0; n < N; ++n) {
+    const int8_t* row = w + n * ldw;
+    int8_t* base = out + (n / kPc) * nq * 64 + ((n % kPc) / 8) * 32 + (n % 8) * 4;
+    uint32_t has_min = 0;
+    int64_t q = 0;
+    for (; q * 4 < kfull; ++q) {
+      uint32_t v;
+      std::memcpy(&v, row + q * 4, 4);
+      // A byte equal to 0x80 (-128) sets its top bit in (v ^ 0x80...) - 0x01... & ~(v ^ 0x80...).
+      const uint32_t t = v ^ 0x80808080u;
+      has_min |= (t - 0x01010101u) & ~t & 0x80808080u;
+      std::memcpy(base + q * 64, &v, 4);
+    }
+    for (int64_t k = kfull; k < K; ++k) {
+      has_min |= row[k] == -128;
+      base[q * 64 + (k - kfull)] = row[k];
+    }
+    if (has_min != 0) return false;
+  }
+  return true;
+}
+
+// R rows x 16 columns; Flip: the rows are uint8 and enter as x - 128.
+template <int R, bool Flip>
+__attribute__((always_inline)) inline void panel_step(__m256i (&acc)[R][2], const int32_t* quad,
+                                                      const int8_t* panel, __m256i ones) {
+  const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel));
+  const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + 32));
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    __m256i x = _mm256_set1_epi32(quad[r]);
+    if constexpr (Flip) x = _mm256_xor_si256(x, _mm256_set1_epi8(static_cast<char>(0x80)));
+    const __m256i ax = _mm256_abs_epi8(x);
+    acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(b0, x)), ones));
+    acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(b1, x)), ones));
+  }
+}
+
+template <int R, bool Flip>
+void panel_micro(const uint8_t* a, int64_t lda, int64_t q0, int64_t qlen, int64_t K,
+                 const int8_t* panel, bool accumulate, int32_t* d, int64_t ldd, int cols) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[R][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  // Whole groups of four read straight from the rows; a last partial group is
+  // copied so that nothing past the row is read (its weights are zero).
+  const int64_t qfull = std::min(qlen, std::max<int64_t>(0, K / 4 - q0));
+  const uint8_t* row = a + q0 * 4;
+  for (int64_t q = 0; q < qfull; ++q) {
+    int32_t quad[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) std::memcpy(&quad[r], row + r * lda + q * 4, 4);
+    panel_step<R, Flip>(acc, quad, panel + q * 64, ones);
+  }
+  if (qfull < qlen) {
+    int32_t quad[R];
+    for (int r = 0; r < R; ++r) {
+      uint8_t bytes[4];
+      std::memset(bytes, Flip ? 0x80 : 0, 4);  // 0 once the flip is applied
+      std::memcpy(bytes, row + r * lda + qfull * 4, static_cast<size_t>(K % 4));
+      std::memcpy(&quad[r], bytes, 4);
+    }
+    panel_step<R, Flip>(acc, quad, panel + qfull * 64, ones);
+  }
+  for (int r = 0; r < R; ++r) {
+    alignas(32) int32_t out[kPc];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out), acc[r][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8), acc[r][1]);
+    for (int c = 0; c < cols; ++c) d[r * ldd + c] = (accumulate ? d[r * ldd + c] : 0) + out[c];
+  }
+}
+
+using PanelMicro = void (*)(const uint8_t*, int64_t, int64_t, int64_t, int64_t, const int8_t*,
+                            bool, int32_t*, int64_t, int);
+template <bool Flip, int... R>
+constexpr std::array<PanelMicro, kPr> panel_table(std::integer_sequence<int, R...>) {
+  return {&panel_micro<R + 1, Flip>...};
+}
+// [flip][rows - 1]
+constexpr std::array<PanelMicro, kPr> kPanelMicros[2] = {
+    panel_table<false>(std::make_integer_sequence<int, kPr>()),
+    panel_table<true>(std::make_integer_sequence<int, kPr>())};
+
+// Below this many rows, packing the weights costs more than it saves.
+constexpr int64_t kPanelMinM = 48;
+
+bool gemm_panels(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
+                 const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
+                 int64_t ldd) {
+  const int64_t nq = (K + 3) / 4, panels = (N + kPc - 1) / kPc;
+  std::vector<int8_t> packed(static_cast<size_t>(panels * nq * 64));
+  if (!pack_panels(w, ldw, N, K, packed.data())) return false;
+  const uint8_t* x = static_cast<const uint8_t*>(a);
+  for (int64_t q0 = 0; q0 < nq; q0 += kQc) {
+    const int64_t qlen = std::min(kQc, nq - q0);
+    for (int64_t p = 0; p < panels; ++p) {
+      const int cols = static_cast<int>(std::min<int64_t>(kPc, N - p * kPc));
+      const int8_t* panel = packed.data() + (p * nq + q0) * 64;
+      for (int64_t m0 = 0; m0 < M; m0 += kPr) {
+        const int rows = static_cast<int>(std::min<int64_t>(kPr, M - m0));
+        kPanelMicros[a_signed ? 0 : 1][rows - 1](x + m0 * lda, lda, q0, qlen, K, panel, q0 > 0,
+                                                 d + m0 * ldd + p * kPc, ldd, cols);
+      }
+    }
+  }
+  if (!a_signed) {  // the kernel saw x - 128: add 128 * w_sum back (wrapping, exact in the end)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n)
+        d[m * ldd + n] = static_cast<int32_t>(static_cast<uint32_t>(d[m * ldd + n]) +
+                                              128u * static_cast<uint32_t>(w_sum[n]));
+  }
+  return true;
+}
+
+}  // namespace
+
+void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
+              const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
+              int64_t ldd) {
+  if (M >= kPanelMinM && gemm_panels(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd)) return;
+  gemm_rows(a, a_signed, lda, w, ldw, M, N, K, d, ldd);
 }
 
 }  // namespace torch_quant::cpu::avx2

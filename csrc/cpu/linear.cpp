@@ -27,9 +27,10 @@
 namespace torch_quant::cpu {
 namespace {
 
-// A tile's activations (kTileM x K) stay in L2 while its weight rows stream
-// past them; kTileN x K weights are reused by every row block of the tile.
-constexpr int64_t kTileM = 64;
+// Tiles of up to kTileM x kTileN outputs. Tall tiles, because a kernel may
+// repack its kTileN x K weights for each tile: that cost is shared by all of
+// the tile's rows. (The kernels block K themselves to stay in cache.)
+constexpr int64_t kTileM = 256;
 constexpr int64_t kTileN = 64;
 
 // One row's or one tensor's value of a parameter.
@@ -77,8 +78,9 @@ at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::
   const int64_t N = w.size(0);
   at::Tensor out = empty_output(out_shape, out_dtype);
   if (M == 0 || N == 0) return out;
-  // The VNNI kernel shifts int8 activations by 128 and needs w_sum to undo it.
-  const bool need_sums = any_zp || (a_signed && active_isa() == Isa::Avx512Vnni);
+  // Kernels that move activations between int8 and uint8 (by 128) undo the
+  // shift with w_sum: VNNI for int8 input, AVX2's panel kernel for uint8.
+  const bool need_sums = any_zp || !a_signed || active_isa() == Isa::Avx512Vnni;
   const at::Tensor sums = need_sums ? weight_sums(w, w_sum_arg) : at::Tensor();
   const int32_t* ws_sum = need_sums ? sums.const_data_ptr<int32_t>() : nullptr;
   const at::Tensor wsc = w_scale.to(at::kFloat).contiguous();
@@ -94,7 +96,7 @@ at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::
     Out* yp = out.mutable_data_ptr<Out>();
     // Tiles in n-major order, so a thread's consecutive tiles share weights.
     at::parallel_for(0, m_tiles * n_tiles, 1, [&](int64_t begin, int64_t end) {
-      std::vector<int32_t> dot(kTileM * kTileN);
+      std::vector<int32_t> dot(static_cast<size_t>(std::min(kTileM, M) * kTileN));
       for (int64_t t = begin; t < end; ++t) {
         const int64_t m0 = (t % m_tiles) * kTileM, n0 = (t / m_tiles) * kTileN;
         const int64_t mc = std::min(kTileM, M - m0), nc = std::min(kTileN, N - n0);
