@@ -111,8 +111,11 @@ void gemm_rows(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64
   // K in blocks of kKc, so that kMr int16 activation rows stay in L1 while
   // the weight rows stream past; activation rows outside, weight rows inside.
   int8_t tail[kNr][kStep];
-  for (int64_t k0 = 0; k0 < kp; k0 += kKc) {
-    const int64_t klen = std::min(kKc, kp - k0);
+  // With one or two rows (decoding) the activations fit in L1 whole; then
+  // each weight row is better read start to end in one stream.
+  const int64_t kc = M <= 2 ? kp : kKc;
+  for (int64_t k0 = 0; k0 < kp; k0 += kc) {
+    const int64_t klen = std::min(kc, kp - k0);
     const int64_t kmain = std::clamp<int64_t>(kfull - k0, 0, klen);
     const bool has_tail = kmain < klen;
     for (int64_t m0 = 0; m0 < M; m0 += kMr) {
