@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_quant as tq
+from torch_quant import reference as ref
 
 from conftest import MODES, SUPPORTED_ISAS, assert_same, num_threads, random_scale, using_isa
 
@@ -41,21 +42,9 @@ def ref_dot(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
 
 
 def ref_linear(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, out_dtype=None, dot=None):
-    """The SPEC §3 formula; `dot` (from ref_dot) may be passed to save the GEMM."""
-    N, K = w_q.shape
-    lead = x_q.shape[:-1]
-    if dot is None:
-        dot = ref_dot(x_q, w_q)
-    w_sum = w_q.long().sum(1)
-    zp = x_zero_point.long().reshape(-1, 1)  # [1, 1] per tensor, [M, 1] per token
-    acc = dot - zp * w_sum.reshape(1, -1)
-    if acc.numel():
-        assert INT32_MIN <= int(acc.min()) and int(acc.max()) <= INT32_MAX, "oracle: acc overflows int32"
-    scale = x_scale.float().reshape(-1, 1) * w_scale.float().reshape(1, -1)  # float32, rounded once
-    y = acc.to(torch.int32).to(torch.float32) * scale
-    if bias is not None:
-        y = y + bias.float()
-    return y.reshape(*lead, N).to(out_dtype or torch.float32)
+    """The SPEC §3 formula (torch_quant.reference); `dot` (from ref_dot) saves the GEMM."""
+    return ref.quantized_linear(x_q, x_scale, x_zero_point, w_q, w_scale, bias,
+                                out_dtype=out_dtype, dot=dot)
 
 
 def codes(gen, shape, dtype):
@@ -768,3 +757,13 @@ def test_many_rows_random_exact(isa, gen, x_dtype, with_min, K):
     assert_same(y, ref_linear(x_q, x_scale, x_zp, w_q, w_scale))
     with using_isa("scalar"):
         assert_same(tq.quantized_linear(x_q, x_scale, x_zp, w_q, w_scale), y)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dynamic_matches_reference(isa, gen, mode, dtype):
+    x = torch.randn(5, 3, 67, generator=gen).to(dtype)
+    w_q = codes(gen, (19, 67), torch.int8)
+    w_scale, bias = random_scale(gen, 19), torch.randn(19, generator=gen)
+    y = tq.dynamic_quantized_linear(x, w_q, w_scale, bias, None, mode)
+    assert_same(y, ref.dynamic_quantized_linear(x, w_q, w_scale, bias, None, mode))

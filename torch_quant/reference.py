@@ -141,3 +141,48 @@ def quantize_per_token(x: Tensor, mode: str, bits: int = 8) -> Tuple[Tensor, Ten
     lo, hi = _finite_range(x, (x.dim() - 1,))
     scale, zp = _params_from_range(lo, hi, mode, bits)
     return quantize(x, scale, zp, mode, None, bits), scale, zp
+
+
+def quantized_linear(
+    x_q: Tensor,
+    x_scale: Tensor,
+    x_zero_point: Tensor,
+    w_q: Tensor,
+    w_scale: Tensor,
+    bias: Optional[Tensor] = None,
+    w_sum: Optional[Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
+    dot: Optional[Tensor] = None,
+) -> Tensor:
+    """SPEC §3: acc = x_q @ w_q.T - x_zero_point * w_sum in int64 (checked to
+    fit int32), y = float32(acc) * float32(x_scale * w_scale) (+ bias). `dot`,
+    the int64 product x_q @ w_q.T as [M, N], may be passed to save recomputing it."""
+    N, K = w_q.shape
+    lead = x_q.shape[:-1]
+    if dot is None:
+        M = 1
+        for size in lead:
+            M *= size
+        dot = x_q.reshape(M, K).long() @ w_q.long().t()
+    sums = w_q.long().sum(1) if w_sum is None else w_sum.long()
+    acc = dot - x_zero_point.long().reshape(-1, 1) * sums.reshape(1, -1)
+    if acc.numel():
+        assert -(2**31) <= int(acc.min()) and int(acc.max()) < 2**31, "acc overflows int32"
+    scale = x_scale.float().reshape(-1, 1) * w_scale.float().reshape(1, -1)  # rounded once
+    y = acc.to(torch.int32).float() * scale
+    if bias is not None:
+        y = y + bias.float()
+    return y.reshape(*lead, N).to(out_dtype or torch.float32)
+
+
+def dynamic_quantized_linear(
+    x: Tensor,
+    w_q: Tensor,
+    w_scale: Tensor,
+    bias: Optional[Tensor] = None,
+    w_sum: Optional[Tensor] = None,
+    act_mode: str = "symmetric",
+) -> Tensor:
+    """quantize_per_token(x, act_mode) then quantized_linear, in x's dtype."""
+    x_q, scale, zp = quantize_per_token(x, act_mode)
+    return quantized_linear(x_q, scale, zp, w_q, w_scale, bias, w_sum, out_dtype=x.dtype)

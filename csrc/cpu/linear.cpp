@@ -23,6 +23,7 @@
 #include "gemm.h"
 #include "output_alloc.h"
 #include "row_kernels.h"
+#include "visit.h"
 
 namespace torch_quant::cpu {
 namespace {
@@ -40,16 +41,6 @@ struct PerRow {
   bool per_row;
   T operator[](int64_t i) const { return data[per_row ? i : 0]; }
 };
-
-template <typename F>
-void visit_out(at::ScalarType t, const F& f) {
-  switch (t) {
-    case at::kFloat: return f(float{});
-    case at::kHalf: return f(c10::Half{});
-    case at::kBFloat16: return f(c10::BFloat16{});
-    default: TORCH_INTERNAL_ASSERT(false, "unexpected dtype ", t);
-  }
-}
 
 // w_sum as given, or computed from w_q (only when some term needs it).
 at::Tensor weight_sums(const at::Tensor& w, const std::optional<at::Tensor>& w_sum) {
@@ -91,7 +82,7 @@ at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::
   const int64_t m_tiles = (M + kTileM - 1) / kTileM, n_tiles = (N + kTileN - 1) / kTileN;
   const size_t a_bytes = a_signed ? sizeof(int8_t) : sizeof(uint8_t);
 
-  visit_out(out_dtype, [&](auto tag) {
+  visit_float(out_dtype, [&](auto tag) {
     using Out = decltype(tag);
     Out* yp = out.mutable_data_ptr<Out>();
     // Tiles in n-major order, so a thread's consecutive tiles share weights.
@@ -183,7 +174,7 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   uint8_t* codes = codes_buf.get();
   std::vector<float> scales(static_cast<size_t>(M));
   std::vector<int32_t> zps(static_cast<size_t>(M));
-  visit_out(x.scalar_type(), [&](auto tag) {
+  visit_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     const In* xp = x.const_data_ptr<In>();
     at::parallel_for(0, M, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K, 1)),

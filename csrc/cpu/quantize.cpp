@@ -20,6 +20,7 @@
 #include "../quant_math.h"
 #include "output_alloc.h"
 #include "row_kernels.h"
+#include "visit.h"
 
 namespace torch_quant::cpu {
 namespace {
@@ -27,25 +28,6 @@ namespace {
 // Elements per parallel task: large enough that a task costs far more than
 // handing it to a thread, small enough to split a 1 MB tensor across cores.
 constexpr int64_t kGrain = 1 << 15;
-
-// Calls f with a value of the C++ type of a float input / output dtype.
-template <typename F>
-void visit_float(at::ScalarType t, const F& f) {
-  switch (t) {
-    case at::kFloat: return f(float{});
-    case at::kHalf: return f(c10::Half{});
-    case at::kBFloat16: return f(c10::BFloat16{});
-    default: TORCH_INTERNAL_ASSERT(false, "unexpected dtype ", t);
-  }
-}
-
-// Calls f with a value of the C++ type of a code dtype (int8 or uint8).
-template <typename F>
-void visit_code(at::ScalarType t, const F& f) {
-  if (t == at::kChar) return f(int8_t{});
-  TORCH_INTERNAL_ASSERT(t == at::kByte, "unexpected dtype ", t);
-  f(uint8_t{});
-}
 
 at::ScalarType code_dtype(Mode mode) {
   return mode == Mode::Symmetric ? at::kChar : at::kByte;
