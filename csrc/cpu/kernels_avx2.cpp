@@ -1,6 +1,7 @@
-// The row kernels compiled for AVX2 (target: avx2,fma,f16c). Reached only
-// when isa.cpp finds the CPU supports it; elsewhere (or off x86) these names
-// hold the scalar build so that the program still links.
+// The row kernels (row_kernels_impl.h) compiled for AVX2, with the target
+// "avx2,fma,f16c" set for this file alone. The dispatcher
+// (row_kernels.h) calls them only when isa.cpp finds the CPU supports it. Off
+// x86 these names hold the portable build, so that the library still links.
 #include <cmath>
 #include <cstdint>
 
