@@ -74,30 +74,29 @@ ParamLayout check_qparams(const char* op, const char* x_name, const at::Tensor& 
   return {1, k == 0 ? 0 : x.numel() / k, k};
 }
 
-void check_qparam_values(const char* op, const at::Tensor& scale,
-                         const at::Tensor& zero_point, QRange range, const char* scale_name,
-                         const char* zp_name) {
-  const float* s = scale.const_data_ptr<float>();
-  for (int64_t i = 0; i < scale.numel(); ++i) {
-    TORCH_CHECK(s[i] > 0.0f && is_finite(s[i]) && is_finite(1.0f / s[i]), op, ": ",
-                scale_name, " must be finite and > 0 (with a finite reciprocal), got ", s[i],
-                scale.dim() > 0 ? " at index " + std::to_string(i) : std::string());
+at::Tensor checked_scale_values(const char* op, const at::Tensor& scale, const char* name) {
+  at::Tensor out = scale.to(at::kCPU, at::kFloat).contiguous();
+  const float* s = out.const_data_ptr<float>();
+  for (int64_t i = 0; i < out.numel(); ++i) {
+    TORCH_CHECK(s[i] > 0.0f && is_finite(s[i]) && is_finite(1.0f / s[i]), op, ": ", name,
+                " must be finite and > 0 (with a finite reciprocal), got ", s[i],
+                out.dim() > 0 ? " at index " + std::to_string(i) : std::string());
   }
-  const int64_t* z = zero_point.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < zero_point.numel(); ++i) {
-    TORCH_CHECK(z[i] >= range.qmin && z[i] <= range.qmax, op, ": ", zp_name, " must be in [",
-                range.qmin, ", ", range.qmax, "], got ", z[i],
-                zero_point.dim() > 0 ? " at index " + std::to_string(i) : std::string());
-  }
+  return out;
 }
 
 std::pair<at::Tensor, at::Tensor> checked_qparam_values(const char* op, const at::Tensor& scale,
                                                         const at::Tensor& zero_point,
                                                         QRange range, const char* scale_name,
                                                         const char* zp_name) {
-  at::Tensor s = scale.to(at::kCPU, at::kFloat).contiguous();
+  at::Tensor s = checked_scale_values(op, scale, scale_name);
   at::Tensor z = zero_point.to(at::kCPU, at::kLong).contiguous();
-  check_qparam_values(op, s, z, range, scale_name, zp_name);
+  const int64_t* zp = z.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < z.numel(); ++i) {
+    TORCH_CHECK(zp[i] >= range.qmin && zp[i] <= range.qmax, op, ": ", zp_name, " must be in [",
+                range.qmin, ", ", range.qmax, "], got ", zp[i],
+                z.dim() > 0 ? " at index " + std::to_string(i) : std::string());
+  }
   return {s, z};
 }
 

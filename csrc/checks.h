@@ -49,16 +49,14 @@ ParamLayout check_qparams(const char* op, const char* x_name, const at::Tensor& 
 // The layout of per-channel parameters along `axis` (already normalised).
 ParamLayout channel_layout(const at::Tensor& x, int64_t axis);
 
-// Checks the values: every scale finite and > 0 with a finite reciprocal, every
-// zero point in [qmin, qmax]. Takes contiguous float32 / int64 CPU tensors
-// (int64 so that an out-of-range int64 zero point cannot wrap into range).
-void check_qparam_values(const char* op, const at::Tensor& scale,
-                         const at::Tensor& zero_point, QRange range,
-                         const char* scale_name = "scale",
-                         const char* zp_name = "zero_point");
+// scale as a contiguous float32 CPU tensor, after checking that every value
+// is finite and > 0 with a finite reciprocal.
+at::Tensor checked_scale_values(const char* op, const at::Tensor& scale,
+                                const char* name = "scale");
 
 // scale and zero_point as contiguous float32 / int64 CPU tensors, after
-// check_qparam_values accepted them.
+// checking the scales as above and every zero point in [qmin, qmax] (in int64,
+// so that an out-of-range int64 zero point cannot wrap into range).
 std::pair<at::Tensor, at::Tensor> checked_qparam_values(const char* op, const at::Tensor& scale,
                                                         const at::Tensor& zero_point,
                                                         QRange range,

@@ -8,22 +8,7 @@ import torch  # noqa: F401  (the extension needs libtorch loaded first)
 
 from . import _C  # noqa: F401  (registers the ops)
 from . import ops
-from .ops import (
-    choose_qparams,
-    dequantize,
-    dynamic_quantized_linear,
-    quantize,
-    quantize_per_token,
-    quantized_linear,
-)
+from .ops import *  # noqa: F401,F403  (the wrappers listed in ops.__all__)
 
-__all__ = [
-    "choose_qparams",
-    "quantize",
-    "dequantize",
-    "quantize_per_token",
-    "quantized_linear",
-    "dynamic_quantized_linear",
-    "ops",
-]
+__all__ = [*ops.__all__, "ops"]
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "isa.h"
+#include "target.h"
 
 #define TORCH_QUANT_DECLARE_GEMM                                                    \
   void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w,         \
@@ -35,6 +36,7 @@ namespace avx512_vnni { TORCH_QUANT_DECLARE_GEMM }
 inline void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w,
                      int64_t ldw, const int32_t* w_sum, int64_t M, int64_t N, int64_t K,
                      int32_t* d, int64_t ldd) {
+#if TORCH_QUANT_X86
   switch (active_isa()) {
     case Isa::Avx512Vnni:
       return avx512_vnni::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
@@ -42,8 +44,10 @@ inline void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w,
     case Isa::Avx2:
       return avx2::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
     default:
-      return scalar::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
+      break;
   }
+#endif
+  scalar::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
 }
 
 }  // namespace torch_quant::cpu

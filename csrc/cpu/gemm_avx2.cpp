@@ -13,15 +13,11 @@
 #include <vector>
 
 #include "gemm.h"
+#include "target.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if TORCH_QUANT_X86
 #include <immintrin.h>
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+TORCH_QUANT_TARGET_BEGIN("avx2,fma")
 
 namespace torch_quant::cpu::avx2 {
 namespace {
@@ -290,18 +286,6 @@ void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_
 
 }  // namespace torch_quant::cpu::avx2
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TORCH_QUANT_TARGET_END
 
-#else  // not x86: never selected (isa.cpp), but the dispatcher needs the name.
-namespace torch_quant::cpu::avx2 {
-void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
-              const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
-              int64_t ldd) {
-  scalar::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
-}
-}  // namespace torch_quant::cpu::avx2
-#endif
+#endif  // TORCH_QUANT_X86

@@ -12,15 +12,11 @@
 #include <vector>
 
 #include "gemm.h"
+#include "target.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if TORCH_QUANT_X86
 #include <immintrin.h>
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
-#endif
+TORCH_QUANT_TARGET_BEGIN("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
 
 namespace torch_quant::cpu::avx512_vnni {
 namespace {
@@ -102,18 +98,6 @@ void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_
 
 }  // namespace torch_quant::cpu::avx512_vnni
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TORCH_QUANT_TARGET_END
 
-#else  // not x86: never selected (isa.cpp), but the dispatcher needs the name.
-namespace torch_quant::cpu::avx512_vnni {
-void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
-              const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
-              int64_t ldd) {
-  scalar::gemm_s32(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd);
-}
-}  // namespace torch_quant::cpu::avx512_vnni
-#endif
+#endif  // TORCH_QUANT_X86

@@ -1,4 +1,5 @@
 #include "isa.h"
+#include "target.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -17,7 +18,7 @@ const char* isa_name(Isa isa) {
 }
 
 bool isa_supported(Isa isa) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if TORCH_QUANT_X86
   switch (isa) {
     case Isa::Scalar:
       return true;

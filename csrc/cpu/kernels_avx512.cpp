@@ -1,8 +1,7 @@
 // The row kernels (row_kernels_impl.h) compiled for AVX-512, with the target
 // "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq" set for this file
 // alone. The dispatcher (row_kernels.h) calls them only when isa.cpp finds the
-// CPU supports it. Off x86 these names hold the portable build, so that the
-// library still links.
+// CPU supports it.
 #include <cmath>
 #include <cstdint>
 
@@ -11,29 +10,15 @@
 
 #include "../quant_math.h"
 #include "row_kernels.h"
-#include "scalar_vec.h"
+#include "target.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if TORCH_QUANT_X86
 #include <immintrin.h>
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
-#endif
+TORCH_QUANT_TARGET_BEGIN("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
 #include "vec_avx512.h"
 namespace torch_quant::cpu::avx512 {
 using V = Vec512;
 #include "row_kernels_impl.h"
 }  // namespace torch_quant::cpu::avx512
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#else
-namespace torch_quant::cpu::avx512 {
-using V = ScalarVec;
-#include "row_kernels_impl.h"
-}  // namespace torch_quant::cpu::avx512
-#endif
+TORCH_QUANT_TARGET_END
+#endif  // TORCH_QUANT_X86

@@ -8,9 +8,13 @@
 
 #include "../quant_math.h"
 #include "row_kernels.h"
-#include "scalar_vec.h"
 
 namespace torch_quant::cpu::scalar {
+// W = 1 tells row_kernels_impl.h to skip its vector loop: the scalar loop
+// (quant_math.h) does every element.
+struct ScalarVec {
+  static constexpr int W = 1;
+};
 using V = ScalarVec;
 #include "row_kernels_impl.h"
 }  // namespace torch_quant::cpu::scalar

@@ -60,7 +60,8 @@ at::Tensor weight_sums(const at::Tensor& w, const std::optional<at::Tensor>& w_s
   return sums;
 }
 
-// The shared GEMM + epilogue. a: M x K codes (row stride K), signed or not.
+// The shared GEMM + epilogue. a: M x K codes (row stride K), signed or not;
+// w_scale: checked float32 (checked_scale_values).
 at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::Tensor& w,
                   const std::optional<at::Tensor>& w_sum_arg, PerRow<float> x_scale,
                   PerRow<int32_t> x_zp, bool any_zp, const at::Tensor& w_scale,
@@ -74,13 +75,11 @@ at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::
   const bool need_sums = any_zp || !a_signed || active_isa() == Isa::Avx512Vnni;
   const at::Tensor sums = need_sums ? weight_sums(w, w_sum_arg) : at::Tensor();
   const int32_t* ws_sum = need_sums ? sums.const_data_ptr<int32_t>() : nullptr;
-  const at::Tensor wsc = w_scale.to(at::kFloat).contiguous();
-  const PerRow<float> w_sc{wsc.const_data_ptr<float>(), wsc.numel() != 1};
+  const PerRow<float> w_sc{w_scale.const_data_ptr<float>(), w_scale.numel() != 1};
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* bp = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
   const int8_t* wp = w.const_data_ptr<int8_t>();
   const int64_t m_tiles = (M + kTileM - 1) / kTileM, n_tiles = (N + kTileN - 1) / kTileN;
-  const size_t a_bytes = a_signed ? sizeof(int8_t) : sizeof(uint8_t);
 
   visit_float(out_dtype, [&](auto tag) {
     using Out = decltype(tag);
@@ -91,7 +90,7 @@ at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::
       for (int64_t t = begin; t < end; ++t) {
         const int64_t m0 = (t % m_tiles) * kTileM, n0 = (t / m_tiles) * kTileN;
         const int64_t mc = std::min(kTileM, M - m0), nc = std::min(kTileN, N - n0);
-        gemm_s32(static_cast<const char*>(a) + m0 * K * a_bytes, a_signed, K, wp + n0 * K, K,
+        gemm_s32(static_cast<const uint8_t*>(a) + m0 * K, a_signed, K, wp + n0 * K, K,
                  ws_sum == nullptr ? nullptr : ws_sum + n0, mc, nc, K, dot.data(), nc);
         for (int64_t i = 0; i < mc; ++i) {
           const int64_t m = m0 + i;
@@ -130,8 +129,7 @@ at::Tensor quantized_linear_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
   const QRange range = a_signed ? QRange{-128, 127} : QRange{0, 255};
   const auto [xs, xz64] =
       checked_qparam_values(op, x_scale, x_zero_point, range, "x_scale", "x_zero_point");
-  checked_qparam_values(op, w_scale, at::zeros({}, at::kInt), QRange{0, 0}, "w_scale",
-                        "w_zero_point");
+  const at::Tensor ws = checked_scale_values(op, w_scale, "w_scale");
   const at::Tensor xz = xz64.to(at::kInt);
   const int32_t* zp = xz.const_data_ptr<int32_t>();
   const bool any_zp = std::any_of(zp, zp + xz.numel(), [](int32_t z) { return z != 0; });
@@ -143,7 +141,7 @@ at::Tensor quantized_linear_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
                            : x.numel() / K;
   return linear(x.const_data_ptr(), a_signed, M, K, w, w_sum,
                 PerRow<float>{xs.const_data_ptr<float>(), xs.numel() != 1},
-                PerRow<int32_t>{zp, xz.numel() != 1}, any_zp, w_scale, bias,
+                PerRow<int32_t>{zp, xz.numel() != 1}, any_zp, ws, bias,
                 output_shape(x, N), dtype);
 }
 
@@ -157,8 +155,7 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   check_float_input(op, "x", x_in);
   TORCH_CHECK(x_in.dim() >= 1, op, ": x must have shape [*, K], got a 0-dim tensor");
   const int64_t N = check_linear_weight(op, x_in, w_q, w_scale, bias, w_sum);
-  checked_qparam_values(op, w_scale, at::zeros({}, at::kInt), QRange{0, 0}, "w_scale",
-                        "w_zero_point");
+  const at::Tensor ws = checked_scale_values(op, w_scale, "w_scale");
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = w_q.contiguous();
   const int64_t K = x.size(-1);
@@ -197,7 +194,7 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   });
   const bool any_zp = std::any_of(zps.begin(), zps.end(), [](int32_t z) { return z != 0; });
   return linear(codes, a_signed, M, K, w, w_sum, PerRow<float>{scales.data(), true},
-                PerRow<int32_t>{zps.data(), true}, any_zp, w_scale, bias, output_shape(x, N),
+                PerRow<int32_t>{zps.data(), true}, any_zp, ws, bias, output_shape(x, N),
                 x.scalar_type());
 }
 

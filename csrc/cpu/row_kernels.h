@@ -20,6 +20,7 @@
 #include <c10/util/Half.h>
 
 #include "isa.h"
+#include "target.h"
 
 #define TORCH_QUANT_DECLARE_ROW_KERNELS                                              \
   template <typename In>                                                             \
@@ -44,6 +45,7 @@ namespace scalar { TORCH_QUANT_DECLARE_ROW_KERNELS }
 namespace avx2 { TORCH_QUANT_DECLARE_ROW_KERNELS }
 namespace avx512 { TORCH_QUANT_DECLARE_ROW_KERNELS }
 
+#if TORCH_QUANT_X86
 #define TORCH_QUANT_DISPATCH_ISA(FN, ...)                                   \
   switch (active_isa()) {                                                   \
     case Isa::Avx512Vnni:                                                   \
@@ -51,6 +53,9 @@ namespace avx512 { TORCH_QUANT_DECLARE_ROW_KERNELS }
     case Isa::Avx2: return avx2::FN(__VA_ARGS__);                           \
     default: return scalar::FN(__VA_ARGS__);                                \
   }
+#else
+#define TORCH_QUANT_DISPATCH_ISA(FN, ...) return scalar::FN(__VA_ARGS__);
+#endif
 
 template <typename In>
 void minmax(const In* x, int64_t n, float* lo, float* hi) {

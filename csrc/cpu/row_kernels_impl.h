@@ -1,5 +1,6 @@
 // The body of the row kernels declared in row_kernels.h, written once for any
-// vector type Vec (vec_avx2.h, vec_avx512.h, or scalar_vec.h) and compiled
+// vector type Vec (vec_avx2.h, vec_avx512.h, or the W = 1 stand-in of
+// kernels_scalar.cpp) and compiled
 // once per ISA by kernels_<isa>.cpp inside its own namespace. The vector loop
 // does exactly the float operations of quant_math.h in the same order, and the
 // tail uses quant_math.h itself, so every ISA gives bit-identical results.
