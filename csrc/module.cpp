@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 
 #include "cpu/isa.h"
+#include "cpu/weight_cache.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace torch_quant::cpu;
@@ -24,4 +25,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           return names;
         },
         "Instruction sets this CPU can run, from the portable one up.");
+  m.def("_clear_weight_cache", &clear_weight_cache,
+        "Drop every packed weight copy kept by the CPU linear kernels.");
+  m.def("_weight_cache_info", &weight_cache_info,
+        "(weights, bytes) of packed weight copies kept now.");
 }

@@ -10,5 +10,20 @@ from . import _C  # noqa: F401  (registers the ops)
 from . import ops
 from .ops import *  # noqa: F401,F403  (the wrappers listed in ops.__all__)
 
-__all__ = [*ops.__all__, "ops"]
+
+
+def clear_weight_cache() -> None:
+    """Drop the packed weight copies kept by the CPU linear kernels.
+
+    The kernels pack an int8 weight once, on first use with two or more rows,
+    and reuse the copy while the weight tensor lives and is not written (its
+    version counter tracks ``copy_``, ``load_state_dict`` and other in-place
+    ops). A write through ``weight.data`` is not tracked: call this after one.
+    The copies take at most ``TORCH_QUANT_WEIGHT_CACHE_MB`` (default 1024; 0
+    turns packing per weight off).
+    """
+    _C._clear_weight_cache()
+
+
+__all__ = [*ops.__all__, "ops", "clear_weight_cache"]
 __version__ = "0.1.0"

@@ -9,15 +9,18 @@
 // returns the same integers: there is no saturating arithmetic anywhere.
 //
 //   scalar       int32 multiply-adds
-//   avx2         activations widened to int16 once per tile, weights widened
-//                on load; vpmaddwd sums int16 pairs into int32 (never
-//                saturates, unlike vpmaddubsw's int16 result)
+//   avx2         few rows: activations widened to int16, vpmaddwd (never
+//                saturates); many rows, or a weight packed once
+//                (weight_cache.h): vpmaddubsw on packed panels with the
+//                activation's sign moved onto the weight, which keeps every
+//                int16 pair sum below 2^15 (gemm_avx2.cpp)
 //   avx512_vnni  vpdpbusd (uint8 x int8 -> int32, 64 products an
 //                instruction); int8 activations are shifted by +128 and the
 //                shift is taken back with 128 * w_sum
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "isa.h"
 #include "target.h"
@@ -30,8 +33,40 @@
 namespace torch_quant::cpu {
 
 namespace scalar { TORCH_QUANT_DECLARE_GEMM }
-namespace avx2 { TORCH_QUANT_DECLARE_GEMM }
+namespace avx2 {
+TORCH_QUANT_DECLARE_GEMM
+// The same product with w already packed (panels.h, columns 0 .. N-1 of the
+// packed tensor start at `panels`; no weight is -128).
+void gemm_s32_packed(const void* a, bool a_signed, int64_t lda, const int8_t* panels,
+                     const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
+                     int64_t ldd);
+}  // namespace avx2
 namespace avx512_vnni { TORCH_QUANT_DECLARE_GEMM }
+
+// From this many rows on, linear.cpp hands the AVX2 kernel a packed copy of
+// the weight kept per weight (weight_cache.h). With one row the plain kernel
+// is as fast (both stream the weights at memory speed); with 4 to 16 the
+// packed one is about 1.7x faster.
+constexpr int64_t kPackedMinM = 2;
+
+inline bool wants_packed_weights(int64_t M) {
+#if TORCH_QUANT_X86
+  const Isa isa = active_isa();
+  return (isa == Isa::Avx2 || isa == Isa::Avx512) && M >= kPackedMinM;
+#else
+  return false;
+#endif
+}
+
+inline void gemm_s32_packed(const void* a, bool a_signed, int64_t lda, const int8_t* panels,
+                            const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
+                            int64_t ldd) {
+#if TORCH_QUANT_X86
+  avx2::gemm_s32_packed(a, a_signed, lda, panels, w_sum, M, N, K, d, ldd);
+#else
+  std::abort();  // wants_packed_weights() is false off x86
+#endif
+}
 
 inline void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w,
                      int64_t ldw, const int32_t* w_sum, int64_t M, int64_t N, int64_t K,

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "panels.h"
 #include "target.h"
 
 #if TORCH_QUANT_X86
@@ -146,41 +147,13 @@ void gemm_rows(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64
 // but legal) use gemm_rows instead. vpmaddwd with ones then adds the int16
 // pairs into int32 lanes.
 //
-// Weights are packed per call into panels of 16 columns: for each group of
-// four k, two 32-byte vectors holding 4 consecutive k of 8 columns each. The
-// activations are read in place, four bytes broadcast at a time.
+// The weights come packed into panels of 16 columns (panels.h), either once
+// per weight (weight_cache.h) or per call. The activations are read in place,
+// four bytes broadcast at a time.
 
 constexpr int kPr = 4;           // activation rows per micro-tile (8 accumulators)
-constexpr int kPc = 16;          // weight columns per micro-tile (two ymm of 8 int32)
+constexpr int kPc = kPanelCols;  // weight columns per micro-tile (two ymm of 8 int32)
 constexpr int64_t kQc = 256;     // K block in groups of four: 1 KiB of each row
-
-// Packs w (N x K) into ceil(N / 16) panels of nq = ceil(K / 4) groups of 64
-// bytes, zero padded. Returns false (and stops) if w holds -128.
-bool pack_panels(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* out) {
-  const int64_t nq = (K + 3) / 4, kfull = K / 4 * 4;
-  const int64_t panels = (N + kPc - 1) / kPc;
-  std::memset(out, 0, static_cast<size_t>(panels * nq * 64));
-  for (int64_t n = 0; n < N; ++n) {
-    const int8_t* row = w + n * ldw;
-    int8_t* base = out + (n / kPc) * nq * 64 + ((n % kPc) / 8) * 32 + (n % 8) * 4;
-    uint32_t has_min = 0;
-    int64_t q = 0;
-    for (; q * 4 < kfull; ++q) {
-      uint32_t v;
-      std::memcpy(&v, row + q * 4, 4);
-      // A byte equal to 0x80 (-128) sets its top bit in (v ^ 0x80...) - 0x01... & ~(v ^ 0x80...).
-      const uint32_t t = v ^ 0x80808080u;
-      has_min |= (t - 0x01010101u) & ~t & 0x80808080u;
-      std::memcpy(base + q * 64, &v, 4);
-    }
-    for (int64_t k = kfull; k < K; ++k) {
-      has_min |= row[k] == -128;
-      base[q * 64 + (k - kfull)] = row[k];
-    }
-    if (has_min != 0) return false;
-  }
-  return true;
-}
 
 // R rows x 16 columns; Flip: the rows are uint8 and enter as x - 128.
 template <int R, bool Flip>
@@ -244,21 +217,19 @@ constexpr std::array<PanelMicro, kPr> kPanelMicros[2] = {
     panel_table<false>(std::make_integer_sequence<int, kPr>()),
     panel_table<true>(std::make_integer_sequence<int, kPr>())};
 
-// Below this many rows, packing the weights costs more than it saves.
+// Below this many rows, packing the weights on every call costs more than
+// the panel kernel saves.
 constexpr int64_t kPanelMinM = 48;
 
-bool gemm_panels(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
-                 const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
-                 int64_t ldd) {
-  const int64_t nq = (K + 3) / 4, panels = (N + kPc - 1) / kPc;
-  std::vector<int8_t> packed(static_cast<size_t>(panels * nq * 64));
-  if (!pack_panels(w, ldw, N, K, packed.data())) return false;
+void run_panels(const void* a, bool a_signed, int64_t lda, const int8_t* packed,
+                const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d, int64_t ldd) {
+  const int64_t nq = panel_groups(K), panels = (N + kPc - 1) / kPc;
   const uint8_t* x = static_cast<const uint8_t*>(a);
   for (int64_t q0 = 0; q0 < nq; q0 += kQc) {
     const int64_t qlen = std::min(kQc, nq - q0);
     for (int64_t p = 0; p < panels; ++p) {
       const int cols = static_cast<int>(std::min<int64_t>(kPc, N - p * kPc));
-      const int8_t* panel = packed.data() + (p * nq + q0) * 64;
+      const int8_t* panel = packed + (p * nq + q0) * 64;
       for (int64_t m0 = 0; m0 < M; m0 += kPr) {
         const int rows = static_cast<int>(std::min<int64_t>(kPr, M - m0));
         kPanelMicros[a_signed ? 0 : 1][rows - 1](x + m0 * lda, lda, q0, qlen, K, panel, q0 > 0,
@@ -272,7 +243,6 @@ bool gemm_panels(const void* a, bool a_signed, int64_t lda, const int8_t* w, int
         d[m * ldd + n] = static_cast<int32_t>(static_cast<uint32_t>(d[m * ldd + n]) +
                                               128u * static_cast<uint32_t>(w_sum[n]));
   }
-  return true;
 }
 
 }  // namespace
@@ -280,8 +250,19 @@ bool gemm_panels(const void* a, bool a_signed, int64_t lda, const int8_t* w, int
 void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
               const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
               int64_t ldd) {
-  if (M >= kPanelMinM && gemm_panels(a, a_signed, lda, w, ldw, w_sum, M, N, K, d, ldd)) return;
+  if (M >= kPanelMinM) {
+    std::vector<int8_t> packed(static_cast<size_t>(panel_bytes(N, K)));
+    if (pack_panels(w, ldw, N, K, packed.data())) {
+      return run_panels(a, a_signed, lda, packed.data(), w_sum, M, N, K, d, ldd);
+    }
+  }
   gemm_rows(a, a_signed, lda, w, ldw, M, N, K, d, ldd);
+}
+
+void gemm_s32_packed(const void* a, bool a_signed, int64_t lda, const int8_t* panels,
+                     const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
+                     int64_t ldd) {
+  run_panels(a, a_signed, lda, panels, w_sum, M, N, K, d, ldd);
 }
 
 }  // namespace torch_quant::cpu::avx2

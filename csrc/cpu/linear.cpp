@@ -24,6 +24,8 @@
 #include "output_alloc.h"
 #include "row_kernels.h"
 #include "visit.h"
+#include "weight_cache.h"
+#include "panels.h"
 
 namespace torch_quant::cpu {
 namespace {
@@ -80,6 +82,11 @@ at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::
   const float* bp = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
   const int8_t* wp = w.const_data_ptr<int8_t>();
   const int64_t m_tiles = (M + kTileM - 1) / kTileM, n_tiles = (N + kTileN - 1) / kTileN;
+  // The weight packed once (null when not cached); its panels of 16 columns
+  // line up with the tiles because kTileN is a multiple of 16.
+  static_assert(kTileN % kPanelCols == 0);
+  const std::shared_ptr<const PackedPanels> packed =
+      wants_packed_weights(M) ? cached_panels(w) : nullptr;
 
   visit_float(out_dtype, [&](auto tag) {
     using Out = decltype(tag);
@@ -90,8 +97,14 @@ at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::
       for (int64_t t = begin; t < end; ++t) {
         const int64_t m0 = (t % m_tiles) * kTileM, n0 = (t / m_tiles) * kTileN;
         const int64_t mc = std::min(kTileM, M - m0), nc = std::min(kTileN, N - n0);
-        gemm_s32(static_cast<const uint8_t*>(a) + m0 * K, a_signed, K, wp + n0 * K, K,
-                 ws_sum == nullptr ? nullptr : ws_sum + n0, mc, nc, K, dot.data(), nc);
+        const void* a0 = static_cast<const uint8_t*>(a) + m0 * K;
+        const int32_t* s0 = ws_sum == nullptr ? nullptr : ws_sum + n0;
+        if (packed != nullptr) {
+          gemm_s32_packed(a0, a_signed, K, packed->data.data() + n0 * panel_groups(K) * 4,
+                          s0, mc, nc, K, dot.data(), nc);
+        } else {
+          gemm_s32(a0, a_signed, K, wp + n0 * K, K, s0, mc, nc, K, dot.data(), nc);
+        }
         for (int64_t i = 0; i < mc; ++i) {
           const int64_t m = m0 + i;
           for (int64_t j = 0; j < nc; ++j) {
