@@ -2,11 +2,13 @@
 // static initialisers register the ops with the dispatcher. It also exposes the
 // CPU kernel selection (csrc/cpu/isa.h) so that tests can force every path and
 // benchmarks can compare them.
+#include <map>
 #include <string>
 #include <vector>
 
 #include <torch/extension.h>
 
+#include "cpu/gemm.h"
 #include "cpu/isa.h"
 #include "cpu/weight_cache.h"
 
@@ -25,6 +27,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           return names;
         },
         "Instruction sets this CPU can run, from the portable one up.");
+  m.def("_kernel_peaks",
+        [](double seconds) {
+          std::map<std::string, double> out;
+#if TORCH_QUANT_X86
+          if (isa_supported(Isa::Avx2)) {
+            const KernelPeaks p = avx2::kernel_peaks(seconds);
+            out = {{"fp32_fma", p.fp32_fma}, {"int8_exact", p.int8_exact},
+                   {"int8_u8s8", p.int8_u8s8}};
+          }
+#endif
+          return out;
+        },
+        pybind11::arg("seconds") = 0.2,
+        "Single-core ops/s of the fp32 FMA unit, of the exact AVX2 int8 kernel in L1 and of "
+        "the saturating uint8 x int8 loop; empty without AVX2.");
   m.def("_clear_weight_cache", &clear_weight_cache,
         "Drop every packed weight copy kept by the CPU linear kernels.");
   m.def("_weight_cache_info", &weight_cache_info,

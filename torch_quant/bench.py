@@ -688,6 +688,12 @@ def _linear_module(w: torch.Tensor) -> nn.Linear:
     return lin.eval()
 
 
+def _kernel_peaks() -> Dict[str, float]:
+    """Best of 5 single-core measurements of each instruction ceiling (ops/s)."""
+    runs = [_C._kernel_peaks(0.1) for _ in range(5)]
+    return {k: max(r[k] for r in runs) for k in runs[0]} if runs and runs[0] else {}
+
+
 def _section_linear(cfg: Config) -> SectionResult:
     notes: List[str] = []
     copies = LINEAR_WEIGHT_COPIES
@@ -701,6 +707,7 @@ def _section_linear(cfg: Config) -> SectionResult:
     copy_gbps = 8 * n_bw / statistics.median(t["copy"]) / 1e9
     read_gbps = 4 * n_bw / statistics.median(t["sum"]) / 1e9
     del src, dst
+    peaks = _kernel_peaks()
 
     # Which baselines this torch (and environment) has.
     try:
@@ -915,6 +922,16 @@ def _section_linear(cfg: Config) -> SectionResult:
         f"{copy_gbps:.1f} GB/s (8 B/elt: 4 read + 4 written), src.sum() {read_gbps:.1f} GB/s "
         f"(read only); best GOP/s observed here: {best.extra['gops']:.1f} "
         f"({best.label.split(' -- ')[0]})"))
+    if peaks:
+        notes.insert(1, (
+            "instruction ceilings, one core, data in L1 (best of 5 runs of _C._kernel_peaks): "
+            f"fp32 FMA {peaks['fp32_fma'] / 1e9:.0f} GFLOP/s; our exact int8 panel kernel "
+            f"{peaks['int8_exact'] / 1e9:.0f} GOP/s ({peaks['int8_exact'] / peaks['fp32_fma']:.2f}x "
+            f"the FMA peak); the same loop without the sign move (vpmaddubsw on uint8, saturates "
+            f"on 8-bit codes: what 7-bit-activation kernels such as FBGEMM's run) "
+            f"{peaks['int8_u8s8'] / 1e9:.0f} GOP/s ({peaks['int8_u8s8'] / peaks['fp32_fma']:.2f}x). "
+            "Where both sides are compute bound (large M), ours/fp32 cannot exceed about the "
+            "first ratio by much: fp32 F.linear runs below its FMA peak, our kernel near its own"))
     notes.insert(1, (
         f"each candidate cycles through {copies} independent copies of its weights call by call, "
         f"so its weights are read from DRAM on every call: the int8 4096x4096 weight (16 MiB) "

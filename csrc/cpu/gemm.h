@@ -32,14 +32,31 @@
 
 namespace torch_quant::cpu {
 
+// Bytes per row of split activations (avx2::split_activations).
+inline int64_t split_stride(int64_t K) { return (K + 3) / 4 * 8; }
+
+// Single-core throughput (operations per second, a multiply-add counting as
+// two) of the fp32 FMA unit, of the exact AVX2 panel kernel on data in L1, and
+// of the same loop without the sign move (uint8 x int8, saturating on 8-bit
+// data): the ceilings the benchmark prints next to its measurements.
+struct KernelPeaks {
+  double fp32_fma = 0, int8_exact = 0, int8_u8s8 = 0;
+};
+
 namespace scalar { TORCH_QUANT_DECLARE_GEMM }
 namespace avx2 {
 TORCH_QUANT_DECLARE_GEMM
-// The same product with w already packed (panels.h, columns 0 .. N-1 of the
-// packed tensor start at `panels`; no weight is -128).
-void gemm_s32_packed(const void* a, bool a_signed, int64_t lda, const int8_t* panels,
+// The activations as the panel kernel reads them: per group of four k, the
+// four |x'| bytes then the four x' bytes, x' = x (int8) or x - 128 (uint8),
+// zero padded to whole groups; split_stride(K) bytes per row.
+void split_activations(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,
+                       uint8_t* out);
+// The product with w already packed (panels.h; columns 0 .. N-1 of the packed
+// weight start at `panels`; no weight is -128) and the activations split.
+void gemm_s32_packed(const uint8_t* split, int64_t ld_split, bool a_signed, const int8_t* panels,
                      const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
                      int64_t ldd);
+KernelPeaks kernel_peaks(double seconds_each);
 }  // namespace avx2
 namespace avx512_vnni { TORCH_QUANT_DECLARE_GEMM }
 
@@ -58,11 +75,20 @@ inline bool wants_packed_weights(int64_t M) {
 #endif
 }
 
-inline void gemm_s32_packed(const void* a, bool a_signed, int64_t lda, const int8_t* panels,
-                            const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
-                            int64_t ldd) {
+inline void split_activations(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,
+                              uint8_t* out) {
 #if TORCH_QUANT_X86
-  avx2::gemm_s32_packed(a, a_signed, lda, panels, w_sum, M, N, K, d, ldd);
+  avx2::split_activations(a, a_signed, lda, M, K, out);
+#else
+  std::abort();  // wants_packed_weights() is false off x86
+#endif
+}
+
+inline void gemm_s32_packed(const uint8_t* split, int64_t ld_split, bool a_signed,
+                            const int8_t* panels, const int32_t* w_sum, int64_t M, int64_t N,
+                            int64_t K, int32_t* d, int64_t ldd) {
+#if TORCH_QUANT_X86
+  avx2::gemm_s32_packed(split, ld_split, a_signed, panels, w_sum, M, N, K, d, ldd);
 #else
   std::abort();  // wants_packed_weights() is false off x86
 #endif

@@ -7,6 +7,7 @@
 // weights are read in their public [N, K] layout, row after row.
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <utility>
 #include <cstring>
@@ -142,61 +143,40 @@ void gemm_rows(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64
 // when a pair exceeds 32767. It cannot here: the activation x (int8, or uint8
 // moved to int8 by x - 128) enters as |x| <= 128 and its sign moves onto the
 // weight, sign(x) * w, which stays in [-127, 127] as long as no weight is
-// -128; a pair is then at most 2 * 128 * 127 = 32512. Weight blocks holding
-// -128 (never produced by symmetric quantization with scale = max|w| / 127,
-// but legal) use gemm_rows instead. vpmaddwd with ones then adds the int16
-// pairs into int32 lanes.
+// -128; a pair is then at most 2 * 128 * 127 = 32512. Weights holding -128
+// (never produced by symmetric quantization with scale = max|w| / 127, but
+// legal) use gemm_rows instead. vpmaddwd with ones then adds the int16 pairs
+// into int32 lanes.
 //
 // The weights come packed into panels of 16 columns (panels.h), either once
-// per weight (weight_cache.h) or per call. The activations are read in place,
-// four bytes broadcast at a time.
+// per weight (weight_cache.h) or per call. The activations are prepared once
+// per call (split_activations): for each group of four k, the four |x| bytes
+// and then the four x bytes, so the inner loop only broadcasts them (the abs
+// and the uint8 flip would otherwise be redone for every panel: about 15%).
 
 constexpr int kPr = 4;           // activation rows per micro-tile (8 accumulators)
 constexpr int kPc = kPanelCols;  // weight columns per micro-tile (two ymm of 8 int32)
-constexpr int64_t kQc = 256;     // K block in groups of four: 1 KiB of each row
+constexpr int64_t kQc = 256;     // K block in groups of four: 2 KiB of each split row
 
-// R rows x 16 columns; Flip: the rows are uint8 and enter as x - 128.
-template <int R, bool Flip>
-__attribute__((always_inline)) inline void panel_step(__m256i (&acc)[R][2], const int32_t* quad,
-                                                      const int8_t* panel, __m256i ones) {
-  const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel));
-  const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + 32));
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    __m256i x = _mm256_set1_epi32(quad[r]);
-    if constexpr (Flip) x = _mm256_xor_si256(x, _mm256_set1_epi8(static_cast<char>(0x80)));
-    const __m256i ax = _mm256_abs_epi8(x);
-    acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(b0, x)), ones));
-    acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(b1, x)), ones));
-  }
-}
-
-template <int R, bool Flip>
-void panel_micro(const uint8_t* a, int64_t lda, int64_t q0, int64_t qlen, int64_t K,
-                 const int8_t* panel, bool accumulate, int32_t* d, int64_t ldd, int cols) {
+// R rows x 16 columns over qlen groups of four k, from split rows (stride
+// lds int32) and a panel.
+template <int R>
+void panel_micro(const int32_t* split, int64_t lds, int64_t qlen, const int8_t* panel,
+                 bool accumulate, int32_t* d, int64_t ldd, int cols) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[R][2];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-  // Whole groups of four read straight from the rows; a last partial group is
-  // copied so that nothing past the row is read (its weights are zero).
-  const int64_t qfull = std::min(qlen, std::max<int64_t>(0, K / 4 - q0));
-  const uint8_t* row = a + q0 * 4;
-  for (int64_t q = 0; q < qfull; ++q) {
-    int32_t quad[R];
+  for (int64_t q = 0; q < qlen; ++q) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + q * 64));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + q * 64 + 32));
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) std::memcpy(&quad[r], row + r * lda + q * 4, 4);
-    panel_step<R, Flip>(acc, quad, panel + q * 64, ones);
-  }
-  if (qfull < qlen) {
-    int32_t quad[R];
     for (int r = 0; r < R; ++r) {
-      uint8_t bytes[4];
-      std::memset(bytes, Flip ? 0x80 : 0, 4);  // 0 once the flip is applied
-      std::memcpy(bytes, row + r * lda + qfull * 4, static_cast<size_t>(K % 4));
-      std::memcpy(&quad[r], bytes, 4);
+      const __m256i ax = _mm256_set1_epi32(split[r * lds + 2 * q]);
+      const __m256i x = _mm256_set1_epi32(split[r * lds + 2 * q + 1]);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(b0, x)), ones));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(b1, x)), ones));
     }
-    panel_step<R, Flip>(acc, quad, panel + qfull * 64, ones);
   }
   for (int r = 0; r < R; ++r) {
     alignas(32) int32_t out[kPc];
@@ -206,25 +186,24 @@ void panel_micro(const uint8_t* a, int64_t lda, int64_t q0, int64_t qlen, int64_
   }
 }
 
-using PanelMicro = void (*)(const uint8_t*, int64_t, int64_t, int64_t, int64_t, const int8_t*,
-                            bool, int32_t*, int64_t, int);
-template <bool Flip, int... R>
+using PanelMicro = void (*)(const int32_t*, int64_t, int64_t, const int8_t*, bool, int32_t*,
+                            int64_t, int);
+template <int... R>
 constexpr std::array<PanelMicro, kPr> panel_table(std::integer_sequence<int, R...>) {
-  return {&panel_micro<R + 1, Flip>...};
+  return {&panel_micro<R + 1>...};
 }
-// [flip][rows - 1]
-constexpr std::array<PanelMicro, kPr> kPanelMicros[2] = {
-    panel_table<false>(std::make_integer_sequence<int, kPr>()),
-    panel_table<true>(std::make_integer_sequence<int, kPr>())};
+constexpr std::array<PanelMicro, kPr> kPanelMicros =
+    panel_table(std::make_integer_sequence<int, kPr>());
 
 // Below this many rows, packing the weights on every call costs more than
 // the panel kernel saves.
 constexpr int64_t kPanelMinM = 48;
 
-void run_panels(const void* a, bool a_signed, int64_t lda, const int8_t* packed,
+void run_panels(const uint8_t* split, int64_t ld_split, bool a_signed, const int8_t* packed,
                 const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d, int64_t ldd) {
   const int64_t nq = panel_groups(K), panels = (N + kPc - 1) / kPc;
-  const uint8_t* x = static_cast<const uint8_t*>(a);
+  const int32_t* s32 = reinterpret_cast<const int32_t*>(split);
+  const int64_t lds = ld_split / 4;
   for (int64_t q0 = 0; q0 < nq; q0 += kQc) {
     const int64_t qlen = std::min(kQc, nq - q0);
     for (int64_t p = 0; p < panels; ++p) {
@@ -232,8 +211,8 @@ void run_panels(const void* a, bool a_signed, int64_t lda, const int8_t* packed,
       const int8_t* panel = packed + (p * nq + q0) * 64;
       for (int64_t m0 = 0; m0 < M; m0 += kPr) {
         const int rows = static_cast<int>(std::min<int64_t>(kPr, M - m0));
-        kPanelMicros[a_signed ? 0 : 1][rows - 1](x + m0 * lda, lda, q0, qlen, K, panel, q0 > 0,
-                                                 d + m0 * ldd + p * kPc, ldd, cols);
+        kPanelMicros[rows - 1](s32 + m0 * lds + 2 * q0, lds, qlen, panel, q0 > 0,
+                               d + m0 * ldd + p * kPc, ldd, cols);
       }
     }
   }
@@ -253,16 +232,131 @@ void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_
   if (M >= kPanelMinM) {
     std::vector<int8_t> packed(static_cast<size_t>(panel_bytes(N, K)));
     if (pack_panels(w, ldw, N, K, packed.data())) {
-      return run_panels(a, a_signed, lda, packed.data(), w_sum, M, N, K, d, ldd);
+      const int64_t lds = split_stride(K);
+      std::vector<uint8_t> split(static_cast<size_t>(M * lds));
+      split_activations(a, a_signed, lda, M, K, split.data());
+      return run_panels(split.data(), lds, a_signed, packed.data(), w_sum, M, N, K, d, ldd);
     }
   }
   gemm_rows(a, a_signed, lda, w, ldw, M, N, K, d, ldd);
 }
 
-void gemm_s32_packed(const void* a, bool a_signed, int64_t lda, const int8_t* panels,
+void split_activations(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,
+                       uint8_t* out) {
+  const int64_t lds = split_stride(K), kv = K / 32 * 32;
+  const __m256i flip = _mm256_set1_epi8(a_signed ? 0 : static_cast<char>(0x80));
+  for (int64_t m = 0; m < M; ++m) {
+    const uint8_t* x = static_cast<const uint8_t*>(a) + m * lda;
+    uint8_t* o = out + m * lds;
+    int64_t k = 0;
+    for (; k < kv; k += 32) {
+      const __m256i v = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)), flip);
+      const __m256i mag = _mm256_abs_epi8(v);
+      // Interleave 4-byte groups: |x| of k..k+3, x of k..k+3, |x| of k+4..
+      const __m256i lo = _mm256_unpacklo_epi32(mag, v), hi = _mm256_unpackhi_epi32(mag, v);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 2 * k),
+                          _mm256_permute2x128_si256(lo, hi, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 2 * k + 32),
+                          _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+    for (; k < lds / 2; ++k) {  // the tail, zero padded to a whole group
+      const int8_t v = k < K ? static_cast<int8_t>(x[k] ^ (a_signed ? 0 : 0x80)) : 0;
+      const int64_t at = (k / 4) * 8 + k % 4;
+      o[at] = static_cast<uint8_t>(v < 0 ? -v : v);  // |-128| = 128 as uint8
+      o[at + 4] = static_cast<uint8_t>(v);
+    }
+  }
+}
+
+void gemm_s32_packed(const uint8_t* split, int64_t ld_split, bool a_signed, const int8_t* panels,
                      const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
                      int64_t ldd) {
-  run_panels(a, a_signed, lda, panels, w_sum, M, N, K, d, ldd);
+  run_panels(split, ld_split, a_signed, panels, w_sum, M, N, K, d, ldd);
+}
+
+// ---------------------------------------------------------------------------
+// Single-core instruction ceilings for the benchmark (gemm.h): how fast the
+// panel kernel above runs when everything is in L1, next to the fp32 FMA peak
+// and to the plain uint8 x int8 loop (vpmaddubsw without the sign move, which
+// saturates on 8-bit data and is what 7-bit-activation kernels run).
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Runs body (which does `ops` operations) until `seconds` have passed; ops/s.
+template <typename F>
+double rate(double seconds, double ops, F&& body) {
+  body();  // warm up
+  int64_t calls = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double t = 0;
+  do {
+    for (int i = 0; i < 16; ++i) body();
+    calls += 16;
+    t = seconds_since(t0);
+  } while (t < seconds);
+  return ops * static_cast<double>(calls) / t;
+}
+
+__attribute__((noinline)) float fma_loop(int64_t n, float seed) {
+  __m256 acc[10];
+  for (int i = 0; i < 10; ++i) acc[i] = _mm256_set1_ps(seed + static_cast<float>(i));
+  const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-3f);
+  for (int64_t k = 0; k < n; ++k) {
+#pragma GCC unroll 10
+    for (int i = 0; i < 10; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+  }
+  __m256 s = acc[0];
+  for (int i = 1; i < 10; ++i) s = _mm256_add_ps(s, acc[i]);
+  return _mm256_cvtss_f32(s);
+}
+
+__attribute__((noinline)) void u8s8_loop(const int32_t* x, const int8_t* panel, int64_t qlen,
+                                         int32_t* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[kPr][2];
+  for (int r = 0; r < kPr; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  for (int64_t q = 0; q < qlen; ++q) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + q * 64));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + q * 64 + 32));
+#pragma GCC unroll 8
+    for (int r = 0; r < kPr; ++r) {
+      const __m256i xv = _mm256_set1_epi32(x[r * qlen + q]);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, b0), ones));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, b1), ones));
+    }
+  }
+  for (int r = 0; r < kPr; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * 16), acc[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * 16 + 8), acc[r][1]);
+  }
+}
+
+}  // namespace
+
+KernelPeaks kernel_peaks(double seconds) {
+  KernelPeaks p;
+  // volatile: the arguments must not be known to the compiler, or it folds
+  // the whole loop into a constant
+  volatile float sink = 0, seed = 1.0f;
+  volatile int64_t fma_iters = 4096;
+  p.fp32_fma = rate(seconds, 2.0 * 8 * 10 * static_cast<double>(fma_iters),
+                    [&] { sink = sink + fma_loop(fma_iters, seed); });
+  // One K block of the real kernel: 4 rows x 16 columns x 1024 k, in L1.
+  constexpr int64_t qlen = kQc;
+  std::vector<int8_t> panel(static_cast<size_t>(qlen * 64), 3);
+  std::vector<int32_t> split(static_cast<size_t>(kPr * 2 * qlen), 0x05050505);
+  std::vector<int32_t> d(kPr * kPc);
+  const double ops = 2.0 * kPr * kPc * 4 * qlen;
+  p.int8_exact = rate(seconds, ops, [&] {
+    kPanelMicros[kPr - 1](split.data(), 2 * qlen, qlen, panel.data(), false, d.data(), kPc, kPc);
+  });
+  p.int8_u8s8 = rate(seconds, ops, [&] { u8s8_loop(split.data(), panel.data(), qlen, d.data()); });
+  return p;
 }
 
 }  // namespace torch_quant::cpu::avx2

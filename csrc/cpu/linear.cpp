@@ -87,6 +87,15 @@ at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::
   static_assert(kTileN % kPanelCols == 0);
   const std::shared_ptr<const PackedPanels> packed =
       wants_packed_weights(M) ? cached_panels(w) : nullptr;
+  const int64_t lds = split_stride(K);
+  std::unique_ptr<uint8_t[]> split;
+  if (packed != nullptr) {
+    split.reset(new uint8_t[static_cast<size_t>(M * lds)]);
+    at::parallel_for(0, M, std::max<int64_t>(1, (1 << 16) / lds), [&](int64_t begin, int64_t end) {
+      split_activations(static_cast<const uint8_t*>(a) + begin * K, a_signed, K, end - begin, K,
+                        split.get() + begin * lds);
+    });
+  }
 
   visit_float(out_dtype, [&](auto tag) {
     using Out = decltype(tag);
@@ -100,8 +109,9 @@ at::Tensor linear(const void* a, bool a_signed, int64_t M, int64_t K, const at::
         const void* a0 = static_cast<const uint8_t*>(a) + m0 * K;
         const int32_t* s0 = ws_sum == nullptr ? nullptr : ws_sum + n0;
         if (packed != nullptr) {
-          gemm_s32_packed(a0, a_signed, K, packed->data.data() + n0 * panel_groups(K) * 4,
-                          s0, mc, nc, K, dot.data(), nc);
+          gemm_s32_packed(split.get() + m0 * lds, lds, a_signed,
+                          packed->data.data() + n0 * panel_groups(K) * 4, s0, mc, nc, K,
+                          dot.data(), nc);
         } else {
           gemm_s32(a0, a_signed, K, wp + n0 * K, K, s0, mc, nc, K, dot.data(), nc);
         }
