@@ -9,6 +9,10 @@ import torch  # noqa: F401  (the extension needs libtorch loaded first)
 from . import _C  # noqa: F401  (registers the ops)
 from . import ops
 from .ops import *  # noqa: F401,F403  (the wrappers listed in ops.__all__)
+from .nn import QuantLinear
+from .convert import quantize_model
+from .report import LayerReport, format_report, quantization_report
+from .serialization import load, save
 
 
 
@@ -25,5 +29,6 @@ def clear_weight_cache() -> None:
     _C._clear_weight_cache()
 
 
-__all__ = [*ops.__all__, "ops", "clear_weight_cache"]
+__all__ = [*ops.__all__, "ops", "clear_weight_cache", "QuantLinear", "quantize_model",
+           "quantization_report", "format_report", "LayerReport", "save", "load"]
 __version__ = "0.1.0"

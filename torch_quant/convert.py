@@ -1,0 +1,298 @@
+"""``quantize_model``: replace a model's linear layers by ``QuantLinear`` (SPEC.md §4).
+
+Calibration (when ``calibration_data`` is given) runs the float model once over
+the data with a forward pre-hook on every layer to be replaced. Each hook keeps
+the exact finite min and max of the layer's inputs and a bounded random sample
+of input rows (tokens); from these come the static per-tensor ranges (min-max,
+or percentiles that clip outliers), the ``act_mode="auto"`` choice and the
+activation statistics of the report.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float_weight_and_bias, is_conv1d
+
+__all__ = ["quantize_model", "AUTO_ASYMMETRIC_MSE_RATIO"]
+
+# act_mode="auto" takes asymmetric for a layer when that quantizes its
+# calibration inputs with at most this fraction of the symmetric mode's mean
+# squared error. Below 1 on purpose: on centred data asymmetric is a hair
+# better (its step is (hi - lo)/255 against max|x|/127), which is not worth a
+# zero point; on inputs after ReLU it has about a quarter of the error.
+AUTO_ASYMMETRIC_MSE_RATIO = 0.8
+
+SAMPLE_ROWS = 256  # input rows (tokens) kept per layer for statistics
+
+
+class _Observer:
+    """Statistics of one layer's inputs during calibration."""
+
+    def __init__(self, name: str, generator: torch.Generator) -> None:
+        self.name = name
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.rows: Optional[Tensor] = None  # [<= SAMPLE_ROWS, K] float32 sample
+        self.seen = 0  # rows seen so far (reservoir sampling)
+        self.gen = generator
+
+    def __call__(self, module: nn.Module, args) -> None:
+        if not args or not isinstance(args[0], Tensor):
+            return
+        x = args[0].detach()
+        if x.numel() == 0:
+            return
+        if not torch.isfinite(x).all():
+            raise ValueError(f"tq.quantize_model: calibration input of layer '{self.name}' "
+                             f"holds NaN or inf")
+        rows = x.reshape(-1, x.shape[-1]).float().cpu()
+        lo, hi = torch.aminmax(rows)
+        self.lo = min(self.lo, float(lo))
+        self.hi = max(self.hi, float(hi))
+        # Reservoir sampling of rows, so that every row seen is about equally
+        # likely to be kept whatever the batch sizes: row i of this batch
+        # replaces a random slot with probability SAMPLE_ROWS / (rows seen + 1).
+        n = rows.shape[0]
+        free = SAMPLE_ROWS - (0 if self.rows is None else self.rows.shape[0])
+        head = rows[:max(free, 0)]
+        self.rows = head.clone() if self.rows is None else torch.cat([self.rows, head])
+        rest = rows[head.shape[0]:]
+        if rest.shape[0]:
+            seen = self.seen + head.shape[0] + torch.arange(rest.shape[0], dtype=torch.float64)
+            slot = (torch.rand(rest.shape[0], generator=self.gen, dtype=torch.float64)
+                    * (seen + 1)).long()
+            keep = slot < SAMPLE_ROWS
+            self.rows[slot[keep]] = rest[keep]
+        self.seen += n
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _targets(model: nn.Module, skip: Sequence[str]) -> Dict[str, nn.Module]:
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear) or not name:
+            continue
+        if isinstance(module, nn.Linear) or is_conv1d(module):
+            if not _matches(name, skip):
+                out[name] = module
+    return out
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _run(model: nn.Module, batch) -> None:
+    if isinstance(batch, dict):
+        model(**batch)
+    elif isinstance(batch, (tuple, list)):
+        model(*batch)
+    else:
+        model(batch)
+
+
+def _progress(data, enabled: bool):
+    if not enabled:
+        return data
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency; stay usable without it
+        return data
+    total = len(data) if hasattr(data, "__len__") else None
+    return tqdm(data, total=total, desc="tq calibration", unit="batch")
+
+
+def calibrate(model: nn.Module, layers: Dict[str, nn.Module], data: Iterable,
+              progress: bool = True, seed: int = 0) -> Dict[str, _Observer]:
+    """Runs ``model`` over ``data`` and returns each layer's observer."""
+    gen = torch.Generator().manual_seed(seed)
+    observers = {name: _Observer(name, gen) for name in layers}
+    handles = [m.register_forward_pre_hook(observers[name]) for name, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for batch in _progress(data, progress):
+                _run(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [name for name, o in observers.items() if o.seen == 0]
+    if missing:
+        raise ValueError(f"tq.quantize_model: the calibration data never reached "
+                         f"{len(missing)} layer(s): {', '.join(missing[:5])}"
+                         f"{', ...' if len(missing) > 5 else ''}")
+    return observers
+
+
+def _range(obs: _Observer, percentile: Optional[float]):
+    """The (lo, hi) a static per-tensor quantizer should cover."""
+    if percentile is None:
+        return obs.lo, obs.hi
+    q = torch.tensor([1.0 - percentile / 100.0, percentile / 100.0])
+    lo, hi = torch.quantile(obs.rows.flatten(), q).tolist()
+    return max(lo, obs.lo), min(hi, obs.hi)
+
+
+def static_qparams(lo: float, hi: float, mode: str):
+    """Per-tensor (scale, zero_point) of the range [lo, hi], computed by the op
+    itself so that the rules of SPEC §1 apply (range widened to contain 0)."""
+    return ops.choose_qparams(torch.tensor([lo, hi], dtype=torch.float32), mode)
+
+
+def fake_quantize(rows: Tensor, mode: str, granularity: str, scale=None, zero_point=None) -> Tensor:
+    """``rows`` quantized and dequantized as the layer would (float32)."""
+    if granularity == "per_token":
+        q, s, z = ops.quantize_per_token(rows, mode)
+        return ops.dequantize(q, s, z)
+    q = ops.quantize(rows, scale, zero_point, mode)
+    return ops.dequantize(q, scale, zero_point)
+
+
+def sqnr_db(x: Tensor, x_hat: Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when exact)."""
+    signal = float(x.double().pow(2).sum())
+    noise = float((x.double() - x_hat.double()).pow(2).sum())
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def range_utilization(lo: Tensor, hi: Tensor, scale: Tensor) -> float:
+    """The fraction of the 8-bit integer range that data in [lo, hi] spans once
+    divided by ``scale``: ``(hi - lo) / scale / 255``, at most 1 (a clipped
+    range uses all of it); the mean when lo, hi, scale are per row. E.g. [-3, 5]
+    symmetric: scale 5/127, the data spans -76.2 .. 127, 203.2 / 255 = 79.7%."""
+    return float(((hi - lo) / scale / 255.0).clamp(max=1.0).mean())
+
+
+def act_range_utilization(rows: Tensor, obs: "_Observer", mode: str, granularity: str,
+                          scale=None) -> float:
+    """range_utilization of a layer's inputs: per token, of each sampled row
+    with its own scale; per tensor, of everything calibration saw."""
+    if granularity == "per_token":
+        _, s, _ = ops.quantize_per_token(rows, mode)
+        return range_utilization(rows.amin(-1), rows.amax(-1), s)
+    return range_utilization(torch.tensor(obs.lo), torch.tensor(obs.hi), scale)
+
+
+def _mse(rows: Tensor, mode: str, granularity: str, percentile: Optional[float], obs) -> float:
+    if granularity == "per_token":
+        x_hat = fake_quantize(rows, mode, granularity)
+    else:
+        s, z = static_qparams(*_range(obs, percentile), mode)
+        x_hat = fake_quantize(rows, mode, granularity, s, z)
+    return float((rows.double() - x_hat.double()).pow(2).mean())
+
+
+def quantize_model(
+    model: nn.Module,
+    act_mode: str = "symmetric",
+    act_granularity: str = "per_token",
+    calibration_data: Optional[Iterable] = None,
+    skip: Union[None, str, Sequence[str]] = None,
+    *,
+    percentile: Optional[float] = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Replace every ``nn.Linear`` and Hugging Face ``Conv1D`` of ``model`` by a
+    :class:`QuantLinear`, in place, and return ``model``.
+
+    Args:
+        act_mode: "symmetric", "asymmetric", or "auto": per layer, asymmetric
+            when it quantizes the layer's calibration inputs with at most
+            ``AUTO_ASYMMETRIC_MSE_RATIO`` (0.8) of the symmetric mode's mean
+            squared error (inputs after ReLU, or otherwise skewed), else
+            symmetric (centred inputs). "auto" needs ``calibration_data``.
+        act_granularity: "per_token" (dynamic: scale per row, computed on
+            every call) or "per_tensor" (static: one scale and zero point per
+            layer from ``calibration_data``, which it needs).
+        calibration_data: an iterable of batches, each a tensor
+            (``model(x)``), a tuple or list (``model(*batch)``) or a dict
+            (``model(**batch)``), run once without gradients. Optional for
+            per-token symmetric/asymmetric; when given, the report also has
+            activation statistics.
+        skip: module names or glob patterns (``fnmatch``) to leave in float,
+            e.g. ``"lm_head"`` or ``"*.mlp.*"``.
+        percentile: static ranges from these percentiles of the calibration
+            inputs (e.g. 99.99: the range [p0.01, p99.99]) instead of min and
+            max, clipping outliers. Only for ``act_granularity="per_tensor"``.
+        progress: show a progress bar during calibration.
+    """
+    where = "tq.quantize_model"
+    check_setting(where, "act_mode", act_mode, (*ACT_MODES, "auto"))
+    check_setting(where, "act_granularity", act_granularity, ACT_GRANULARITIES)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where}: model must be an nn.Module, got {type(model).__name__}")
+    if skip is None:
+        skip = ()
+    elif isinstance(skip, str):
+        skip = (skip,)
+    else:
+        skip = tuple(skip)
+        if not all(isinstance(s, str) for s in skip):
+            raise TypeError(f"{where}: skip must be a string or a sequence of strings")
+    if percentile is not None:
+        if act_granularity != "per_tensor":
+            raise ValueError(f"{where}: percentile applies to act_granularity='per_tensor' "
+                             f"(per-token ranges are taken from each row)")
+        if not isinstance(percentile, (int, float)) or not 50.0 < percentile <= 100.0:
+            raise ValueError(f"{where}: percentile must be in (50, 100], got {percentile!r}")
+    needs = []
+    if act_mode == "auto":
+        needs.append("act_mode='auto'")
+    if act_granularity == "per_tensor":
+        needs.append("act_granularity='per_tensor'")
+    if calibration_data is None and needs:
+        raise ValueError(f"{where}: {' and '.join(needs)} need calibration_data "
+                         f"(an iterable of input batches)")
+
+    layers = _targets(model, skip)
+    observers = (calibrate(model, layers, calibration_data, progress)
+                 if calibration_data is not None else {})
+
+    for name, layer in layers.items():
+        obs = observers.get(name)
+        rows = obs.rows if obs is not None else None
+        stats: dict = {"float_weight_bytes": sum(
+            t.numel() * t.element_size() for t in (layer.weight, layer.bias) if t is not None)}
+        mode = act_mode
+        if act_mode == "auto":
+            mse = {m: _mse(rows, m, act_granularity, percentile, obs) for m in ACT_MODES}
+            stats["auto_mse"] = mse
+            mode = ("asymmetric" if mse["asymmetric"] <= AUTO_ASYMMETRIC_MSE_RATIO * mse["symmetric"]
+                    else "symmetric")
+        scale = zp = None
+        if act_granularity == "per_tensor":
+            lo, hi = _range(obs, percentile)
+            stats["calibrated_range"] = (lo, hi)
+            scale, zp = static_qparams(lo, hi, mode)
+        q = QuantLinear.from_float(layer, mode, act_granularity, scale, zp)
+        w = float_weight_and_bias(layer)[0].detach().float()
+        stats["weight_sqnr_db"] = sqnr_db(w, q.dequantized_weight())
+        if rows is not None:
+            stats["act_range_utilization"] = act_range_utilization(rows, obs, mode,
+                                                                   act_granularity, scale)
+            stats["act_sqnr_db"] = sqnr_db(rows, fake_quantize(rows, mode, act_granularity, scale, zp))
+            stats["calibration_rows"] = obs.seen
+        q.stats = stats
+        q.train(layer.training)
+        _set_module(model, name, q)
+    return model
+
+
+def quantized_layers(model: nn.Module) -> List[tuple]:
+    """``(name, QuantLinear)`` of every quantized layer, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]

@@ -1,0 +1,142 @@
+"""``QuantLinear``: a linear layer with int8 weights and quantized activations (SPEC.md §4).
+
+Weights are quantized once, symmetrically per output channel (int8, zero point
+0, ``scale[n] = max_k |w[n, k]| / 127``). Activations are quantized on every
+call, either per token inside the fused op (``act_granularity="per_token"``,
+dynamic) or with one scale and zero point fixed by calibration
+(``"per_tensor"``, static), in ``act_mode`` "symmetric" (int8) or
+"asymmetric" (uint8). The integer product is exact (int32); see the ops.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+
+__all__ = ["QuantLinear", "ACT_MODES", "ACT_GRANULARITIES"]
+
+ACT_MODES = ("symmetric", "asymmetric")
+ACT_GRANULARITIES = ("per_token", "per_tensor")
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_setting(where: str, name: str, value: object, allowed) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, allowed))}, "
+                         f"got {value!r}")
+
+
+class QuantLinear(nn.Module):
+    """``y = x W^T + b`` with W int8 (symmetric, per output channel) and x
+    quantized per token or per tensor, symmetric or asymmetric.
+
+    Buffers (all in ``state_dict``): ``weight`` int8 ``[out, in]``,
+    ``weight_scale`` float32 ``[out]``, ``weight_sum`` int32 ``[out]`` (row sums
+    of ``weight``, used for the zero-point correction), ``bias`` float32
+    ``[out]`` or None, and for ``act_granularity="per_tensor"`` the 0-dim
+    ``input_scale`` (float32) and ``input_zero_point`` (int32).
+
+    Input: ``[*, in_features]`` in float32, float16 or bfloat16; the output has
+    the input's dtype. Build one with :meth:`from_float`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 act_mode: str = "symmetric", act_granularity: str = "per_token",
+                 device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        check_setting("QuantLinear", "act_mode", act_mode, ACT_MODES)
+        check_setting("QuantLinear", "act_granularity", act_granularity, ACT_GRANULARITIES)
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.act_mode = act_mode
+        self.act_granularity = act_granularity
+        # Created outside inference mode even when the caller is in it: the CPU
+        # kernels keep a packed copy only of weights with a version counter
+        # (csrc/cpu/weight_cache.h), which inference tensors lack.
+        with torch.inference_mode(False):
+            self.register_buffer("weight", torch.zeros(out_features, in_features,
+                                                       dtype=torch.int8, device=device))
+            self.register_buffer("weight_scale", torch.ones(out_features, device=device))
+            self.register_buffer("weight_sum", torch.zeros(out_features, dtype=torch.int32,
+                                                           device=device))
+            self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+            if act_granularity == "per_tensor":
+                self.register_buffer("input_scale", torch.ones((), device=device))
+                self.register_buffer("input_zero_point",
+                                     torch.zeros((), dtype=torch.int32, device=device))
+        # Conversion statistics for tq.quantization_report (not saved).
+        self.stats: dict = {}
+
+    @classmethod
+    def from_float(cls, linear: nn.Module, act_mode: str = "symmetric",
+                   act_granularity: str = "per_token", input_scale: Optional[Tensor] = None,
+                   input_zero_point: Optional[Tensor] = None) -> "QuantLinear":
+        """Quantize an ``nn.Linear`` (or a Hugging Face ``Conv1D``, whose weight
+        is stored transposed). ``per_tensor`` needs ``input_scale`` and
+        ``input_zero_point`` (from calibration, see ``tq.quantize_model``)."""
+        weight, bias = float_weight_and_bias(linear)
+        out_features, in_features = weight.shape
+        q = cls(in_features, out_features, bias is not None, act_mode, act_granularity,
+                device=weight.device)
+        if act_granularity == "per_tensor" and (input_scale is None or input_zero_point is None):
+            raise ValueError("QuantLinear.from_float: act_granularity='per_tensor' needs "
+                             "input_scale and input_zero_point (calibrate with "
+                             "tq.quantize_model(..., calibration_data=...))")
+        with torch.inference_mode(False), torch.no_grad():
+            w = weight.detach().float()
+            if not torch.isfinite(w).all():
+                raise ValueError("QuantLinear.from_float: the weight holds NaN or inf")
+            scale, zp = ops.choose_qparams(w, "symmetric", axis=0)
+            w_q = ops.quantize(w, scale, zp, "symmetric", axis=0)
+            q.weight.copy_(w_q)
+            q.weight_scale.copy_(scale)
+            q.weight_sum.copy_(w_q.sum(1, dtype=torch.int32))
+            if bias is not None:
+                q.bias.copy_(bias.detach().float())
+            if act_granularity == "per_tensor":
+                q.input_scale.copy_(torch.as_tensor(input_scale, dtype=torch.float32))
+                q.input_zero_point.copy_(torch.as_tensor(input_zero_point, dtype=torch.int32))
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype not in _FLOATS:
+            raise TypeError(f"QuantLinear: input must be float32, float16 or bfloat16, "
+                            f"got {x.dtype}")
+        if self.act_granularity == "per_token":
+            return ops.dynamic_quantized_linear(x, self.weight, self.weight_scale, self.bias,
+                                                self.weight_sum, self.act_mode)
+        x_q = ops.quantize(x, self.input_scale, self.input_zero_point, self.act_mode)
+        return ops.quantized_linear(x_q, self.input_scale, self.input_zero_point, self.weight,
+                                    self.weight_scale, self.bias, self.weight_sum,
+                                    out_dtype=x.dtype)
+
+    def dequantized_weight(self) -> Tensor:
+        """The float32 weight these codes stand for, ``[out, in]``."""
+        return self.weight.float() * self.weight_scale[:, None]
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, weight=int8 symmetric per-channel, "
+                f"act_mode={self.act_mode}, act_granularity={self.act_granularity}")
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """A Hugging Face ``transformers.pytorch_utils.Conv1D`` (GPT-2 style
+    linear: ``weight`` is ``[in, out]``), recognized without importing
+    transformers."""
+    return (type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+            and isinstance(getattr(module, "weight", None), Tensor) and module.weight.dim() == 2)
+
+
+def float_weight_and_bias(module: nn.Module):
+    """(weight ``[out, in]``, bias or None) of an ``nn.Linear`` or ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    if is_conv1d(module):
+        return module.weight.t(), module.bias
+    raise TypeError(f"QuantLinear.from_float: expected nn.Linear or a Hugging Face Conv1D, "
+                    f"got {type(module).__name__}")

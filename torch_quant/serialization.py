@@ -1,0 +1,174 @@
+"""``tq.save`` / ``tq.load``: a quantized model's tensors in a safetensors file,
+with the quantization settings of every layer in its metadata.
+
+``load`` reads and checks the whole file against the model before it changes
+anything, so a truncated, foreign or mismatched file raises ``ValueError`` and
+leaves the model as it was. It loads into a model that is quantized with the
+same settings, or into the float model: then it first replaces the layers the
+file names by ``QuantLinear`` with the recorded settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Dict, Union
+
+import torch
+from torch import Tensor, nn
+
+from .convert import _set_module, quantized_layers
+from .nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d
+
+__all__ = ["save", "load"]
+
+FORMAT = "torch_quant.w8a8"
+PathLike = Union[str, os.PathLike]
+
+
+def _settings(q: QuantLinear) -> dict:
+    return {"act_mode": q.act_mode, "act_granularity": q.act_granularity,
+            "in_features": q.in_features, "out_features": q.out_features,
+            "bias": q.bias is not None}
+
+
+def save(model: nn.Module, path: PathLike) -> None:
+    """Write ``model.state_dict()`` and each ``QuantLinear``'s settings to
+    ``path`` (safetensors). Tensors that share memory (tied weights) are
+    written once. The file is written whole or not at all."""
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    layers = {name: _settings(q) for name, q in quantized_layers(model)}
+    if not layers:
+        raise ValueError("tq.save: the model has no QuantLinear layer; quantize it first "
+                         "(tq.quantize_model)")
+    tensors: Dict[str, Tensor] = {}
+    aliases: Dict[str, str] = {}
+    seen: Dict[tuple, str] = {}
+    for key, t in model.state_dict().items():
+        t = t.detach()
+        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+                 tuple(t.stride()), t.dtype)
+        if t.numel() and ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        seen[ident] = key
+        tensors[key] = t.cpu().clone().contiguous()
+    metadata = {"format": FORMAT, "torch_quant_version": __version__,
+                "layers": json.dumps(layers, sort_keys=True),
+                "aliases": json.dumps(aliases, sort_keys=True)}
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tq-save-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read(path: str):
+    """(metadata, tensors) of a torch_quant file, or ValueError."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise ValueError(f"tq.load: no such file: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise ValueError(f"tq.load: {path} is a safetensors file but not one written "
+                                 f"by tq.save (metadata format={metadata.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"tq.load: cannot read {path} as a safetensors file (truncated or "
+                         f"not safetensors?): {type(e).__name__}: {e}") from None
+    try:
+        layers = json.loads(metadata["layers"])
+        aliases = json.loads(metadata.get("aliases", "{}"))
+        for name, s in layers.items():
+            if s["act_mode"] not in ACT_MODES or s["act_granularity"] not in ACT_GRANULARITIES:
+                raise ValueError(f"unknown settings for layer {name!r}: {s}")
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"tq.load: {path} has damaged metadata: {e}") from None
+    for key, target in aliases.items():
+        if target not in tensors:
+            raise ValueError(f"tq.load: {path} has damaged metadata: alias {key!r} of a "
+                             f"missing tensor {target!r}")
+        tensors[key] = tensors[target]
+    return layers, tensors
+
+
+def load(model: nn.Module, path: PathLike) -> nn.Module:
+    """Load a file written by :func:`save` into ``model`` (in place; returns it).
+
+    ``model`` is either quantized with the settings the file records, or the
+    float model they came from; any mismatch (missing layer, other settings or
+    shapes, extra or missing tensors) raises ``ValueError`` before the model is
+    touched."""
+    path = os.fspath(path)
+    layers, tensors = _read(path)
+
+    # The modules the model will have: recorded layers that are still float
+    # are replaced by empty QuantLinear modules with the recorded settings.
+    replacements: Dict[str, QuantLinear] = {}
+    for name, s in layers.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"tq.load: {path} has quantized layer {name!r}, which the model "
+                             f"does not have") from None
+        if isinstance(module, QuantLinear):
+            if _settings(module) != s:
+                raise ValueError(f"tq.load: layer {name!r} is quantized as {_settings(module)} "
+                                 f"in the model but as {s} in {path}")
+            continue
+        if not (isinstance(module, nn.Linear) or is_conv1d(module)):
+            raise ValueError(f"tq.load: layer {name!r} is a {type(module).__name__}, not a "
+                             f"linear layer")
+        weight, bias = float_weight_and_bias(module)
+        shape = {"in_features": weight.shape[1], "out_features": weight.shape[0],
+                 "bias": bias is not None}
+        if any(shape[k] != s[k] for k in shape):
+            raise ValueError(f"tq.load: layer {name!r} has {shape} in the model but {s} in {path}")
+        with torch.no_grad():
+            replacements[name] = QuantLinear(s["in_features"], s["out_features"], s["bias"],
+                                             s["act_mode"], s["act_granularity"],
+                                             device=weight.device)
+    extra = [n for n, _ in quantized_layers(model) if n not in layers]
+    if extra:
+        raise ValueError(f"tq.load: the model has quantized layers that {path} does not: "
+                         f"{', '.join(extra[:5])}")
+
+    # The state dict the model will have, checked key by key.
+    expected: Dict[str, Tensor] = {}
+    for key, t in model.state_dict().items():
+        if not any(key.startswith(n + ".") for n in replacements):
+            expected[key] = t
+    for name, q in replacements.items():
+        for key, t in q.state_dict().items():
+            expected[f"{name}.{key}"] = t
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"tq.load: {path} does not match the model: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+    for key, t in expected.items():
+        got = tensors[key]
+        if got.shape != t.shape or got.dtype != t.dtype:
+            raise ValueError(f"tq.load: {key!r} is {tuple(got.shape)} {got.dtype} in {path} but "
+                             f"{tuple(t.shape)} {t.dtype} in the model")
+
+    for name, q in replacements.items():
+        q.train(model.get_submodule(name).training)
+        _set_module(model, name, q)
+    model.load_state_dict(tensors, strict=True)
+    return model
