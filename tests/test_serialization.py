@@ -1,0 +1,232 @@
+"""Saving quantized models (SPEC.md §4): state_dict with torch.load(weights_only=True),
+tq.save / tq.load with safetensors, and bad files that must leave the model untouched."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import torch_quant as tq
+from torch_quant.nn import QuantLinear
+
+transformers = pytest.importorskip("transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(17, 33), nn.ReLU(), nn.Linear(33, 7, bias=False),
+                         nn.GELU(), nn.Linear(7, 5)).eval()
+
+
+def calib(n=3, k=17, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(4, k, generator=g) for _ in range(n)]
+
+
+def tiny_gpt2(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=32,
+                                  bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def snapshot(model):
+    """Everything load could change: module types and every tensor."""
+    return ([type(m).__name__ for m in model.modules()],
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+def assert_untouched(model, snap):
+    types, tensors = snap
+    assert [type(m).__name__ for m in model.modules()] == types
+    now = model.state_dict()
+    assert now.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert torch.equal(now[k], v), k
+
+
+SETTINGS = [("symmetric", "per_token"), ("asymmetric", "per_token"), ("auto", "per_token"),
+            ("symmetric", "per_tensor"), ("asymmetric", "per_tensor"), ("auto", "per_tensor")]
+
+
+@pytest.mark.parametrize("mode,gran", SETTINGS)
+def test_state_dict_round_trip_weights_only(tmp_path, mode, gran):
+    src = tq.quantize_model(mlp(0), mode, gran, calib(), progress=False)
+    torch.save(src.state_dict(), tmp_path / "sd.pt")
+    # The same settings (auto: the same per-layer choices), different weights
+    # and calibration data, so that every buffer differs before loading.
+    dst = copy.deepcopy(src)
+    with torch.no_grad():
+        for t in dst.state_dict().values():
+            t.copy_(torch.ones_like(t))
+    dst.load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True))
+    x = torch.randn(6, 17)
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode,gran", SETTINGS)
+def test_save_load_into_float_model(tmp_path, mode, gran):
+    src = tq.quantize_model(mlp(0), mode, gran, calib(), skip="4", progress=False)
+    tq.save(src, tmp_path / "m.safetensors")
+    dst = mlp(3)  # float, other weights
+    assert tq.load(dst, tmp_path / "m.safetensors") is dst
+    assert isinstance(dst[0], QuantLinear) and isinstance(dst[2], QuantLinear)
+    assert isinstance(dst[4], nn.Linear) and not isinstance(dst[4], QuantLinear)  # skipped
+    for a, b in ((src[0], dst[0]), (src[2], dst[2])):
+        assert (a.act_mode, a.act_granularity) == (b.act_mode, b.act_granularity)
+    x = torch.randn(2, 3, 17)
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+def test_save_load_into_quantized_model(tmp_path):
+    src = tq.quantize_model(mlp(0), "asymmetric", "per_tensor", calib(), progress=False)
+    tq.save(src, tmp_path / "m.safetensors")
+    dst = tq.quantize_model(mlp(1), "asymmetric", "per_tensor", calib(seed=4), progress=False)
+    tq.load(dst, tmp_path / "m.safetensors")
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+
+
+def test_file_metadata_and_contents(tmp_path):
+    src = tq.quantize_model(mlp(0), "auto", "per_token", calib(), progress=False)
+    tq.save(src, tmp_path / "m.safetensors")
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+    layers = json.loads(meta["layers"])
+    assert set(layers) == {"0", "2", "4"}
+    assert layers["2"] == {"act_mode": src[2].act_mode, "act_granularity": "per_token",
+                           "in_features": 33, "out_features": 7, "bias": False}
+    assert meta["torch_quant_version"] == tq.__version__
+    assert keys == set(src.state_dict())
+    loaded = safetensors_torch.load_file(str(tmp_path / "m.safetensors"))
+    assert loaded["0.weight"].dtype == torch.int8
+    assert torch.equal(loaded["0.weight"], src[0].weight)
+
+
+def test_tied_weights_gpt2(tmp_path):
+    src = tiny_gpt2(0)
+    ids = torch.randint(0, 64, (2, 9))
+    tq.quantize_model(src, "symmetric", skip="lm_head", progress=False)
+    assert src.lm_head.weight.data_ptr() == src.transformer.wte.weight.data_ptr()  # still tied
+    tq.save(src, tmp_path / "g.safetensors")
+    dst = tiny_gpt2(7)
+    tq.load(dst, tmp_path / "g.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(dst(ids).logits, src(ids).logits, rtol=0, atol=0)
+    assert dst.lm_head.weight.data_ptr() == dst.transformer.wte.weight.data_ptr()
+
+
+def test_save_is_atomic_and_needs_quantized_layers(tmp_path):
+    with pytest.raises(ValueError, match=r"tq\.save: .*no QuantLinear"):
+        tq.save(mlp(0), tmp_path / "x.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# bad files: a clear ValueError, and the model exactly as it was
+
+
+def _good_file(tmp_path):
+    src = tq.quantize_model(mlp(0), "symmetric", "per_tensor", calib(), progress=False)
+    path = tmp_path / "good.safetensors"
+    tq.save(src, path)
+    return path
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.99])
+@pytest.mark.parametrize("target", ["float", "quantized"])
+def test_truncated_file(tmp_path, cut, target):
+    data = _good_file(tmp_path).read_bytes()
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(data[: int(len(data) * cut)])
+    model = mlp(2) if target == "float" else tq.quantize_model(
+        mlp(2), "symmetric", "per_tensor", calib(), progress=False)
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=r"tq\.load: .*cut\.safetensors"):
+        tq.load(model, bad)
+    assert_untouched(model, snap)
+
+
+def test_foreign_files(tmp_path):
+    model = mlp(2)
+    snap = snapshot(model)
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00not a safetensors file at all" * 10)
+    with pytest.raises(ValueError, match="tq.load: cannot read"):
+        tq.load(model, junk)
+    # a valid safetensors file that tq.save did not write
+    other = tmp_path / "other.safetensors"
+    safetensors_torch.save_file({"0.weight": torch.zeros(33, 17)}, str(other))
+    with pytest.raises(ValueError, match="not one written by tq.save"):
+        tq.load(model, other)
+    with pytest.raises(ValueError, match="no such file"):
+        tq.load(model, tmp_path / "missing.safetensors")
+    assert_untouched(model, snap)
+
+
+def test_damaged_metadata(tmp_path):
+    good = _good_file(tmp_path)
+    tensors = safetensors_torch.load_file(str(good))
+    from safetensors import safe_open
+    with safe_open(str(good), framework="pt") as f:
+        meta = dict(f.metadata())
+    model = mlp(2)
+    snap = snapshot(model)
+    for damage in ({"layers": "{not json"},
+                   {"layers": json.dumps({"0": {"act_mode": "sideways"}})},
+                   {"aliases": json.dumps({"x.weight": "nowhere"})}):
+        bad = tmp_path / "meta.safetensors"
+        safetensors_torch.save_file(tensors, str(bad), metadata={**meta, **damage})
+        with pytest.raises(ValueError, match="tq.load: .*damaged metadata"):
+            tq.load(model, bad)
+        assert_untouched(model, snap)
+
+
+def test_mismatched_models(tmp_path):
+    path = _good_file(tmp_path)
+    # other shapes
+    wrong = nn.Sequential(nn.Linear(17, 32), nn.ReLU(), nn.Linear(32, 7, bias=False),
+                          nn.GELU(), nn.Linear(7, 5)).eval()
+    snap = snapshot(wrong)
+    with pytest.raises(ValueError, match=r"tq\.load: layer '0'"):
+        tq.load(wrong, path)
+    assert_untouched(wrong, snap)
+    # quantized with other settings
+    other = tq.quantize_model(mlp(0), "asymmetric", "per_tensor", calib(), progress=False)
+    snap = snapshot(other)
+    with pytest.raises(ValueError, match="quantized as"):
+        tq.load(other, path)
+    assert_untouched(other, snap)
+    # a model without one of the layers
+    short = nn.Sequential(nn.Linear(17, 33), nn.ReLU(), nn.Linear(33, 7, bias=False)).eval()
+    snap = snapshot(short)
+    with pytest.raises(ValueError, match="does not have"):
+        tq.load(short, path)
+    assert_untouched(short, snap)
+    # an extra tensor the model does not have
+    tensors = safetensors_torch.load_file(str(path))
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    extra = tmp_path / "extra.safetensors"
+    safetensors_torch.save_file({**tensors, "9.weight": torch.zeros(2)}, str(extra), metadata=meta)
+    model = mlp(3)
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match="unexpected"):
+        tq.load(model, extra)
+    assert_untouched(model, snap)
+    # a buffer with the wrong dtype
+    swapped = tmp_path / "dtype.safetensors"
+    safetensors_torch.save_file({**tensors, "0.weight_sum": tensors["0.weight_sum"].long()},
+                                str(swapped), metadata=meta)
+    with pytest.raises(ValueError, match="0.weight_sum"):
+        tq.load(model, swapped)
+    assert_untouched(model, snap)
