@@ -27,6 +27,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           return names;
         },
         "Instruction sets this CPU can run, from the portable one up.");
+  m.def("_built_with_cuda",
+        [] {
+#ifdef TORCH_QUANT_WITH_CUDA
+          return true;
+#else
+          return false;
+#endif
+        },
+        "Whether this build has the CUDA kernels (csrc/cuda).");
   m.def("_kernel_peaks",
         [](double seconds) {
           std::map<std::string, double> out;

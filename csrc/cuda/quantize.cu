@@ -1,0 +1,269 @@
+// CUDA kernels of choose_qparams, quantize, dequantize and quantize_per_token
+// (SPEC.md §1-3), with the CPU kernels' semantics: the per-element math is
+// quant_math.h, shared with csrc/cpu, and the argument checks are checks.h,
+// so both backends reject the same inputs with the same messages.
+//
+// Written without a GPU to run them on (see the README): kept plain so that
+// they are right by construction. Everything runs on the current stream.
+// quantize / dequantize validate the caller's scale and zero point values on
+// the host (checks.h), which waits for those few values; the ops that compute
+// their own parameters do not synchronise.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cfloat>
+#include <optional>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+#include "../quant_math.h"
+#include "common.cuh"
+
+namespace torch_quant::cuda {
+namespace {
+
+at::ScalarType code_dtype(Mode mode) { return mode == Mode::Symmetric ? at::kChar : at::kByte; }
+
+// Per-element quantization with parameters per channel: element i of the
+// contiguous data uses pair (i / inner) % channels.
+template <typename In, typename Q>
+__global__ void quantize_kernel(const In* __restrict__ x, Q* __restrict__ q, int64_t n,
+                                const float* __restrict__ scale, const int64_t* __restrict__ zp,
+                                int64_t channels, int64_t inner, float qmin, float qmax) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t c = channels == 1 ? 0 : (i / inner) % channels;
+    const float inv = 1.0f / scale[c];  // float32 reciprocal, as the CPU kernels and torch
+    q[i] = static_cast<Q>(
+        quantize_val(static_cast<float>(x[i]), inv, static_cast<float>(zp[c]), qmin, qmax));
+  }
+}
+
+template <typename Q, typename Out>
+__global__ void dequantize_kernel(const Q* __restrict__ q, Out* __restrict__ x, int64_t n,
+                                  const float* __restrict__ scale,
+                                  const int64_t* __restrict__ zp, int64_t channels,
+                                  int64_t inner) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t c = channels == 1 ? 0 : (i / inner) % channels;
+    x[i] = static_cast<Out>(
+        dequantize_val(static_cast<int>(q[i]), scale[c], static_cast<float>(zp[c])));
+  }
+}
+
+// Finite min and max of each channel's values: one block per (channel, outer
+// slice) pair would need atomics on floats; instead one block per channel
+// walks all of its elements ([outer, channels, inner] layout).
+template <typename In>
+__global__ void channel_minmax_kernel(const In* __restrict__ x, int64_t outer, int64_t channels,
+                                      int64_t inner, float* __restrict__ scale,
+                                      int32_t* __restrict__ zp, int mode, int bits) {
+  const int64_t c = blockIdx.x;
+  float lo = INFINITY, hi = -INFINITY;
+  const int64_t per_channel = outer * inner;
+  for (int64_t j = threadIdx.x; j < per_channel; j += blockDim.x) {
+    const int64_t o = j / inner, i = j % inner;
+    const float v = static_cast<float>(x[(o * channels + c) * inner + i]);
+    if (is_finite(v)) {
+      lo = fminf(lo, v);
+      hi = fmaxf(hi, v);
+    }
+  }
+  block_minmax(lo, hi);
+  if (threadIdx.x == 0) {
+    const QParams p = compute_qparams(lo, hi, static_cast<Mode>(mode), bits);
+    scale[c] = p.scale;
+    zp[c] = p.zero_point;
+  }
+}
+
+// One block per row: finite min/max, the row's parameters, then its codes.
+template <typename In, typename Q>
+__global__ void per_token_kernel(const In* __restrict__ x, Q* __restrict__ q, int64_t k,
+                                 float* __restrict__ scale, int32_t* __restrict__ zp, int mode,
+                                 int bits) {
+  const int64_t r = blockIdx.x;
+  const In* row = x + r * k;
+  float lo = INFINITY, hi = -INFINITY;
+  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+    const float v = static_cast<float>(row[j]);
+    if (is_finite(v)) {
+      lo = fminf(lo, v);
+      hi = fmaxf(hi, v);
+    }
+  }
+  block_minmax(lo, hi);  // every thread gets the row's range
+  const QParams p = compute_qparams(lo, hi, static_cast<Mode>(mode), bits);
+  if (threadIdx.x == 0) {
+    scale[r] = p.scale;
+    zp[r] = p.zero_point;
+  }
+  const QRange range = qrange(static_cast<Mode>(mode), bits);
+  const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point);
+  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+    q[r * k + j] = static_cast<Q>(quantize_val(static_cast<float>(row[j]), inv, z,
+                                               static_cast<float>(range.qmin),
+                                               static_cast<float>(range.qmax)));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> choose_qparams_cuda(const at::Tensor& x_in,
+                                                       std::string_view mode_name,
+                                                       std::optional<int64_t> axis,
+                                                       int64_t bits) {
+  constexpr const char* op = "torch_quant.choose_qparams";
+  const Mode mode = parse_mode(op, mode_name);
+  check_bits(op, bits);
+  check_float_input(op, "x", x_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const ParamLayout layout = axis.has_value()
+      ? channel_layout(x, normalize_axis(op, x, *axis))
+      : ParamLayout{1, 1, x.numel()};
+  const auto shape = axis.has_value() ? std::vector<int64_t>{layout.channels}
+                                      : std::vector<int64_t>{};
+  at::Tensor scale = at::empty(shape, x.options().dtype(at::kFloat));
+  at::Tensor zero_point = at::empty(shape, x.options().dtype(at::kInt));
+  if (layout.channels == 0) return {scale, zero_point};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "choose_qparams", [&] {
+    channel_minmax_kernel<scalar_t><<<layout.channels, kBlock, 0, stream()>>>(
+        x.const_data_ptr<scalar_t>(), layout.outer, layout.channels, layout.inner,
+        scale.mutable_data_ptr<float>(), zero_point.mutable_data_ptr<int32_t>(),
+        static_cast<int>(mode), static_cast<int>(bits));
+  });
+  check_launch();
+  return {scale, zero_point};
+}
+
+at::Tensor quantize_cuda(const at::Tensor& x_in, const at::Tensor& scale,
+                         const at::Tensor& zero_point, std::string_view mode_name,
+                         std::optional<int64_t> axis, int64_t bits) {
+  constexpr const char* op = "torch_quant.quantize";
+  const Mode mode = parse_mode(op, mode_name);
+  check_bits(op, bits);
+  check_float_input(op, "x", x_in);
+  const ParamLayout layout = check_qparams(op, "x", x_in, scale, zero_point, axis);
+  const QRange range = qrange(mode, static_cast<int>(bits));
+  checked_qparam_values(op, scale, zero_point, range);  // values checked on the host
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor s = scale.to(at::kFloat).contiguous();
+  const at::Tensor z = zero_point.to(at::kLong).contiguous();
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(code_dtype(mode)));
+  const int64_t n = x.numel();
+  if (n == 0) return q;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize", [&] {
+    using In = scalar_t;
+    const auto launch = [&](auto* out) {
+      quantize_kernel<<<grid_for(n), kBlock, 0, stream()>>>(
+          x.const_data_ptr<In>(), out, n, s.const_data_ptr<float>(), z.const_data_ptr<int64_t>(),
+          layout.channels, layout.inner, static_cast<float>(range.qmin),
+          static_cast<float>(range.qmax));
+    };
+    if (mode == Mode::Symmetric) {
+      launch(q.mutable_data_ptr<int8_t>());
+    } else {
+      launch(q.mutable_data_ptr<uint8_t>());
+    }
+  });
+  check_launch();
+  return q;
+}
+
+at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale,
+                           const at::Tensor& zero_point, std::optional<int64_t> axis,
+                           std::optional<at::ScalarType> dtype) {
+  constexpr const char* op = "torch_quant.dequantize";
+  const auto code = q_in.scalar_type();
+  TORCH_CHECK(code == at::kChar || code == at::kByte, op,
+              ": q must be int8 (symmetric) or uint8 (asymmetric), got ", code);
+  const at::ScalarType out_dtype = dtype.value_or(at::kFloat);
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16,
+              op, ": dtype must be float32, float16 or bfloat16, got ", out_dtype);
+  const ParamLayout layout = check_qparams(op, "q", q_in, scale, zero_point, axis);
+  const QRange range = code == at::kChar ? QRange{-128, 127} : QRange{0, 255};
+  checked_qparam_values(op, scale, zero_point, range);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor q = q_in.contiguous();
+  const at::Tensor s = scale.to(at::kFloat).contiguous();
+  const at::Tensor z = zero_point.to(at::kLong).contiguous();
+  at::Tensor x = at::empty(q.sizes(), q.options().dtype(out_dtype));
+  const int64_t n = q.numel();
+  if (n == 0) return x;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "dequantize", [&] {
+    using Out = scalar_t;
+    const auto launch = [&](const auto* in) {
+      dequantize_kernel<<<grid_for(n), kBlock, 0, stream()>>>(
+          in, x.mutable_data_ptr<Out>(), n, s.const_data_ptr<float>(),
+          z.const_data_ptr<int64_t>(), layout.channels, layout.inner);
+    };
+    if (code == at::kChar) {
+      launch(q.const_data_ptr<int8_t>());
+    } else {
+      launch(q.const_data_ptr<uint8_t>());
+    }
+  });
+  check_launch();
+  return x;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const char* op,
+                                                                      const at::Tensor& x_in,
+                                                                      Mode mode, int64_t bits) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const auto row_shape = x.sizes().slice(0, x.dim() - 1);
+  const int64_t k = x.size(-1);
+  const int64_t rows = c10::multiply_integers(row_shape);
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(code_dtype(mode)));
+  at::Tensor scale = at::empty(row_shape, x.options().dtype(at::kFloat));
+  at::Tensor zero_point = at::empty(row_shape, x.options().dtype(at::kInt));
+  if (rows == 0) return {q, scale, zero_point};
+  TORCH_CHECK(rows <= 0x7fffffff, op, ": more than 2^31 - 1 rows are not supported on CUDA");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "per_token", [&] {
+    using In = scalar_t;
+    const auto launch = [&](auto* out) {
+      per_token_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream()>>>(
+          x.const_data_ptr<In>(), out, k, scale.mutable_data_ptr<float>(),
+          zero_point.mutable_data_ptr<int32_t>(), static_cast<int>(mode), static_cast<int>(bits));
+    };
+    if (mode == Mode::Symmetric) {
+      launch(q.mutable_data_ptr<int8_t>());
+    } else {
+      launch(q.mutable_data_ptr<uint8_t>());
+    }
+  });
+  check_launch();
+  return {q, scale, zero_point};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cuda(
+    const at::Tensor& x_in, std::string_view mode_name, int64_t bits) {
+  constexpr const char* op = "torch_quant.quantize_per_token";
+  const Mode mode = parse_mode(op, mode_name);
+  check_bits(op, bits);
+  check_float_input(op, "x", x_in);
+  TORCH_CHECK(x_in.dim() >= 1, op, ": x must have at least 1 dimension, got a 0-dim tensor");
+  return quantize_per_token_impl(op, x_in, mode, bits);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torch_quant, CUDA, m) {
+  m.impl("choose_qparams", &choose_qparams_cuda);
+  m.impl("quantize", &quantize_cuda);
+  m.impl("dequantize", &dequantize_cuda);
+  m.impl("quantize_per_token", &quantize_per_token_cuda);
+}
+
+}  // namespace torch_quant::cuda

@@ -1,0 +1,125 @@
+"""The CUDA kernels (csrc/cuda): registered whenever the build had CUDA, and on
+a GPU equal to the CPU kernels (bit-exact codes, dequantized values and linear
+outputs, which both compute with the same float32 formulas of quant_math.h).
+The GPU tests skip cleanly where there is no GPU: the development and CI
+machines have none, so they have only ever been compiled there."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.cpp_extension import CUDA_HOME
+
+import torch_quant as tq
+
+OPS = ("choose_qparams", "quantize", "dequantize", "quantize_per_token", "quantized_linear",
+       "dynamic_quantized_linear")
+MODES = ("symmetric", "asymmetric")
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def test_build_has_cuda_when_it_can():
+    """setup.py builds the CUDA sources whenever nvcc and a CUDA torch exist."""
+    if os.environ.get("TORCH_QUANT_FORCE_CPU", "0") not in ("", "0"):
+        pytest.skip("TORCH_QUANT_FORCE_CPU is set")
+    expected = CUDA_HOME is not None and torch.version.cuda is not None
+    assert tq._C._built_with_cuda() == expected
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_op_has_a_cuda_kernel(op):
+    if not tq._C._built_with_cuda():
+        pytest.skip("built without CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"torch_quant::{op}", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"torch_quant::{op}", "CPU")
+
+
+def _x(shape, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * 3).to(dtype)
+    if x.numel() > 4:
+        flat = x.view(-1)
+        flat[0], flat[1], flat[2] = float("nan"), float("inf"), float("-inf")
+    return x
+
+
+@gpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,axis", [((1025,), None), ((7, 17), 0), ((7, 17), 1),
+                                        ((3, 5, 33), 1), ((0, 4), None), ((4, 0), 0)])
+def test_quantize_ops_match_cpu(mode, dtype, shape, axis):
+    x = _x(shape, dtype)
+    s_cpu, z_cpu = tq.choose_qparams(x, mode, axis)
+    s_gpu, z_gpu = tq.choose_qparams(x.cuda(), mode, axis)
+    assert torch.equal(s_gpu.cpu(), s_cpu) and torch.equal(z_gpu.cpu(), z_cpu)
+    q_cpu = tq.quantize(x, s_cpu, z_cpu, mode, axis)
+    q_gpu = tq.quantize(x.cuda(), s_cpu.cuda(), z_cpu.cuda(), mode, axis)
+    assert torch.equal(q_gpu.cpu(), q_cpu)
+    for out in (torch.float32, torch.bfloat16):
+        d_cpu = tq.dequantize(q_cpu, s_cpu, z_cpu, axis, out)
+        d_gpu = tq.dequantize(q_gpu, s_cpu.cuda(), z_cpu.cuda(), axis, out)
+        assert torch.equal(d_gpu.cpu(), d_cpu)
+
+
+@gpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (2, 5, 1025), (0, 8), (4, 0)])
+def test_quantize_per_token_matches_cpu(mode, shape):
+    x = _x(shape)
+    for a, b in zip(tq.quantize_per_token(x.cuda(), mode), tq.quantize_per_token(x, mode)):
+        assert torch.equal(a.cpu(), b)
+
+
+@gpu
+@pytest.mark.parametrize("xdtype", [torch.int8, torch.uint8])
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (3, 17, 5), (16, 1025, 33), (129, 64, 256)])
+def test_quantized_linear_matches_cpu(xdtype, M, K, N):
+    g = torch.Generator().manual_seed(M * K + N)
+    lo, hi = (-128, 127) if xdtype == torch.int8 else (0, 255)
+    x_q = torch.randint(lo, hi + 1, (M, K), generator=g).to(xdtype)
+    w_q = torch.randint(-128, 128, (N, K), generator=g).to(torch.int8)
+    xs = torch.rand(M, generator=g) + 0.01
+    xz = torch.randint(lo, hi + 1, (M,), generator=g, dtype=torch.int32)
+    ws = torch.rand(N, generator=g) + 0.01
+    bias = torch.randn(N, generator=g)
+    for out in (torch.float32, torch.float16):
+        want = tq.quantized_linear(x_q, xs, xz, w_q, ws, bias, out_dtype=out)
+        got = tq.quantized_linear(x_q.cuda(), xs.cuda(), xz.cuda(), w_q.cuda(), ws.cuda(),
+                                  bias.cuda(), out_dtype=out)
+        assert torch.equal(got.cpu(), want)
+
+
+@gpu
+@pytest.mark.parametrize("mode", MODES)
+def test_dynamic_linear_matches_cpu(mode):
+    x = _x((2, 7, 65)).nan_to_num()
+    g = torch.Generator().manual_seed(1)
+    w_q = torch.randint(-127, 128, (33, 65), generator=g).to(torch.int8)
+    ws = torch.rand(33, generator=g) + 0.01
+    want = tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode)
+    got = tq.dynamic_quantized_linear(x.cuda(), w_q.cuda(), ws.cuda(), None, None, mode)
+    assert torch.equal(got.cpu(), want)
+
+
+@gpu
+def test_opcheck_and_compile_on_cuda():
+    x = _x((4, 32)).nan_to_num().cuda()
+    s, z = tq.choose_qparams(x, "asymmetric")
+    w_q = torch.randint(-127, 128, (16, 32), device="cuda").to(torch.int8)
+    ws = torch.rand(16, device="cuda") + 0.01
+    samples = [
+        (torch.ops.torch_quant.choose_qparams.default, (x, "symmetric", 0, 8)),
+        (torch.ops.torch_quant.quantize.default, (x, s, z, "asymmetric", None, 8)),
+        (torch.ops.torch_quant.quantize_per_token.default, (x, "asymmetric", 8)),
+        (torch.ops.torch_quant.dynamic_quantized_linear.default,
+         (x, w_q, ws, None, None, "asymmetric")),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+    torch._dynamo.reset()
+    f = torch.compile(lambda t: tq.dynamic_quantized_linear(t, w_q, ws, None, None, "symmetric"),
+                      fullgraph=True)
+    assert torch.equal(f(x), tq.dynamic_quantized_linear(x, w_q, ws, None, None, "symmetric"))
