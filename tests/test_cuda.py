@@ -75,7 +75,10 @@ def test_quantize_per_token_matches_cpu(mode, shape):
 
 @gpu
 @pytest.mark.parametrize("xdtype", [torch.int8, torch.uint8])
-@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (3, 17, 5), (16, 1025, 33), (129, 64, 256)])
+# (129, 64, 256) and (17, 8, 8) take the cuBLASLt path (M > 16, K and N
+# multiples of 8); the others the tiled fallback kernel.
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (3, 17, 5), (16, 1025, 33), (129, 64, 256),
+                                   (17, 8, 8), (33, 1024, 40), (20, 1000, 7)])
 def test_quantized_linear_matches_cpu(xdtype, M, K, N):
     g = torch.Generator().manual_seed(M * K + N)
     lo, hi = (-128, 127) if xdtype == torch.int8 else (0, 255)
@@ -94,11 +97,14 @@ def test_quantized_linear_matches_cpu(xdtype, M, K, N):
 
 @gpu
 @pytest.mark.parametrize("mode", MODES)
-def test_dynamic_linear_matches_cpu(mode):
-    x = _x((2, 7, 65)).nan_to_num()
+@pytest.mark.parametrize("K", [65, 64])  # 64 (with N = 32): the cuBLASLt path
+def test_dynamic_linear_matches_cpu(mode, K):
+    x = _x((2, 7, K)).nan_to_num()
+    x = torch.cat([x, x * 0.5, x * 2], 1)  # 42 rows: both GEMM paths for K = 64
     g = torch.Generator().manual_seed(1)
-    w_q = torch.randint(-127, 128, (33, 65), generator=g).to(torch.int8)
-    ws = torch.rand(33, generator=g) + 0.01
+    N = 32 if K == 64 else 33
+    w_q = torch.randint(-127, 128, (N, K), generator=g).to(torch.int8)
+    ws = torch.rand(N, generator=g) + 0.01
     want = tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode)
     got = tq.dynamic_quantized_linear(x.cuda(), w_q.cuda(), ws.cuda(), None, None, mode)
     assert torch.equal(got.cpu(), want)

@@ -3,10 +3,14 @@
 // quant_math.h (zero-point correction with w_sum, scales, bias, output dtype)
 // fused into the GEMM kernel.
 //
-// The GEMM is a plain shared-memory tiled kernel on CUDA cores (int32
-// multiply-adds), written without a GPU to test on: simple enough to be right
-// by construction, not fast. Tensor cores (cuBLASLt int8 or mma) are the next
-// step and nothing here has been timed.
+// Two GEMM paths, both written without a GPU to test on (see the README):
+//   - where cuBLASLt's int8 alignment rules hold (M > 16, K and N multiples
+//     of 8), at::_int_mm (cuBLASLt, int8 x int8 -> int32 on tensor cores),
+//     uint8 activations entering as x - 128 (a bit flip) with 128 * w_sum
+//     added back, then an epilogue kernel;
+//   - otherwise a plain shared-memory tiled kernel on CUDA cores (int32
+//     multiply-adds) with the epilogue fused: the correct fallback.
+// Nothing here has been timed.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -71,6 +75,34 @@ __global__ void linear_kernel(const A* __restrict__ a, const int8_t* __restrict_
   }
 }
 
+// y[m, n] = epilogue(dot[m, n] + shift * w_sum[n]) over an int32 [M, N]
+// product from cuBLASLt; shift = 128 when uint8 activations went in as x - 128.
+template <typename Out>
+__global__ void epilogue_kernel(const int32_t* __restrict__ dot, int64_t M, int64_t N,
+                                uint32_t shift, const float* __restrict__ x_scale,
+                                const int32_t* __restrict__ x_zp, bool per_row,
+                                const float* __restrict__ w_scale, bool per_channel,
+                                const int32_t* __restrict__ w_sum,
+                                const float* __restrict__ bias, Out* __restrict__ y) {
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < M * N;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t m = e / N, n = e % N;
+    const int32_t ws = w_sum == nullptr ? 0 : w_sum[n];
+    // wrapping int32 arithmetic, exact in the end (the true sum fits)
+    const int32_t d = static_cast<int32_t>(static_cast<uint32_t>(dot[e]) +
+                                           shift * static_cast<uint32_t>(ws));
+    const int64_t i = per_row ? m : 0, j = per_channel ? n : 0;
+    float v = linear_epilogue(d, x_zp[i], ws, x_scale[i], w_scale[j]);
+    if (bias != nullptr) v = __fadd_rn(v, bias[n]);
+    y[e] = static_cast<Out>(v);
+  }
+}
+
+// cuBLASLt's int8 GEMM (through at::_int_mm) needs these.
+bool int_mm_fits(int64_t M, int64_t N, int64_t K) {
+  return M > 16 && K > 0 && K % 8 == 0 && N % 8 == 0;
+}
+
 std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = N;
@@ -90,11 +122,31 @@ at::Tensor linear(const at::Tensor& x_q, const at::Tensor& x_scale, const at::Te
   if (M == 0 || N == 0) return y;
   TORCH_CHECK((M + kTile - 1) / kTile <= 65535, "torch_quant: more than ",
               int64_t{65535} * kTile, " rows are not supported on CUDA yet");
+  const bool a_signed = x_q.scalar_type() == at::kChar;
+  const bool tensor_cores = int_mm_fits(M, N, K);
+  // uint8 activations on the cuBLASLt path enter as x - 128: w_sum takes it back.
+  need_sums = need_sums || (tensor_cores && !a_signed);
   at::Tensor sums;
   if (need_sums) {
     sums = w_sum.has_value() ? w_sum->to(at::kInt).contiguous() : w.sum(1, /*keepdim=*/false, at::kInt);
   }
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  if (tensor_cores) {
+    const at::Tensor a2 = x_q.reshape({M, K});
+    const at::Tensor a8 = a_signed ? a2 : at::bitwise_xor(a2, 128).view(at::kChar);
+    const at::Tensor dot = at::_int_mm(a8, w.t());  // [M, N] int32
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "epilogue", [&] {
+      epilogue_kernel<<<grid_for(M * N), kBlock, 0, stream()>>>(
+          dot.const_data_ptr<int32_t>(), M, N, a_signed ? 0u : 128u,
+          x_scale.const_data_ptr<float>(), x_zp.const_data_ptr<int32_t>(), x_scale.numel() != 1,
+          w_scale.const_data_ptr<float>(), w_scale.numel() != 1,
+          need_sums ? sums.const_data_ptr<int32_t>() : nullptr,
+          bias.has_value() ? b.const_data_ptr<float>() : nullptr,
+          y.mutable_data_ptr<scalar_t>());
+    });
+    check_launch();
+    return y;
+  }
   const dim3 grid(static_cast<unsigned>((N + kTile - 1) / kTile),
                   static_cast<unsigned>((M + kTile - 1) / kTile));
   const dim3 block(kTile, kTile);
