@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -148,6 +149,54 @@ void check_linear_activation(const char* op, const at::Tensor& x_q,
   // One pair, or one per row: both layouts are what quantized_linear takes.
   check_qparams(op, "x_q", x_q, x_scale, x_zero_point, std::nullopt, "x_scale",
                 "x_zero_point");
+}
+
+QuantizeArgs check_quantize_args(const char* op, const at::Tensor& x, const at::Tensor& scale,
+                                 const at::Tensor& zero_point, std::string_view mode_name,
+                                 std::optional<int64_t> axis, int64_t bits) {
+  const Mode mode = parse_mode(op, mode_name);
+  check_bits(op, bits);
+  check_float_input(op, "x", x);
+  const ParamLayout layout = check_qparams(op, "x", x, scale, zero_point, axis);
+  const QRange range = qrange(mode, static_cast<int>(bits));
+  auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
+  return {mode, range, layout, std::move(s), std::move(z)};
+}
+
+DequantizeArgs check_dequantize_args(const char* op, const at::Tensor& q, const at::Tensor& scale,
+                                     const at::Tensor& zero_point, std::optional<int64_t> axis,
+                                     std::optional<at::ScalarType> dtype) {
+  const auto code = q.scalar_type();
+  TORCH_CHECK(code == at::kChar || code == at::kByte, op,
+              ": q must be int8 (symmetric) or uint8 (asymmetric), got ", code);
+  const at::ScalarType out_dtype = dtype.value_or(at::kFloat);
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16,
+              op, ": dtype must be float32, float16 or bfloat16, got ", out_dtype);
+  const ParamLayout layout = check_qparams(op, "q", q, scale, zero_point, axis);
+  const QRange range = code == at::kChar ? QRange{-128, 127} : QRange{0, 255};
+  auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
+  return {out_dtype, layout, std::move(s), std::move(z)};
+}
+
+QuantizedLinearArgs check_quantized_linear_args(
+    const char* op, const at::Tensor& x_q, const at::Tensor& x_scale,
+    const at::Tensor& x_zero_point, const at::Tensor& w_q, const at::Tensor& w_scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
+    std::optional<at::ScalarType> out_dtype) {
+  check_linear_activation(op, x_q, x_scale, x_zero_point);
+  const int64_t N = check_linear_weight(op, x_q, w_q, w_scale, bias, w_sum);
+  const at::ScalarType dtype = out_dtype.value_or(at::kFloat);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": out_dtype must be float32, float16 or bfloat16, got ", dtype);
+  const bool a_signed = x_q.scalar_type() == at::kChar;
+  const QRange range = a_signed ? QRange{-128, 127} : QRange{0, 255};
+  const auto [xs, xz64] =
+      checked_qparam_values(op, x_scale, x_zero_point, range, "x_scale", "x_zero_point");
+  at::Tensor ws = checked_scale_values(op, w_scale, "w_scale");
+  const at::Tensor xz = xz64.to(at::kInt);
+  const int32_t* zp = xz.const_data_ptr<int32_t>();
+  const bool any_zp = std::any_of(zp, zp + xz.numel(), [](int32_t z) { return z != 0; });
+  return {N, dtype, a_signed, xs, xz, std::move(ws), any_zp};
 }
 
 }  // namespace torch_quant

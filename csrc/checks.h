@@ -82,4 +82,43 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
 void check_linear_activation(const char* op, const at::Tensor& x_q,
                              const at::Tensor& x_scale, const at::Tensor& x_zero_point);
 
+// Every check of quantize's arguments, shared by its CPU and CUDA kernels:
+// mode, bits, x, the parameters' layout and values. scale and zero_point are
+// the checked values as contiguous float32 / int64 CPU tensors.
+struct QuantizeArgs {
+  Mode mode;
+  QRange range;
+  ParamLayout layout;
+  at::Tensor scale, zero_point;
+};
+QuantizeArgs check_quantize_args(const char* op, const at::Tensor& x, const at::Tensor& scale,
+                                 const at::Tensor& zero_point, std::string_view mode,
+                                 std::optional<int64_t> axis, int64_t bits);
+
+// The same for dequantize; out_dtype is `dtype` or float32.
+struct DequantizeArgs {
+  at::ScalarType out_dtype;
+  ParamLayout layout;
+  at::Tensor scale, zero_point;
+};
+DequantizeArgs check_dequantize_args(const char* op, const at::Tensor& q, const at::Tensor& scale,
+                                     const at::Tensor& zero_point, std::optional<int64_t> axis,
+                                     std::optional<at::ScalarType> dtype);
+
+// The same for quantized_linear: N, the output dtype, whether x_q is int8,
+// the checked x_scale (float32) and x_zero_point (int32) values and w_scale
+// (float32) as CPU tensors, and whether any zero point is non-zero.
+struct QuantizedLinearArgs {
+  int64_t N;
+  at::ScalarType out_dtype;
+  bool a_signed;
+  at::Tensor x_scale, x_zero_point, w_scale;
+  bool any_zero_point;
+};
+QuantizedLinearArgs check_quantized_linear_args(
+    const char* op, const at::Tensor& x_q, const at::Tensor& x_scale,
+    const at::Tensor& x_zero_point, const at::Tensor& w_q, const at::Tensor& w_scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
+    std::optional<at::ScalarType> out_dtype);
+
 }  // namespace torch_quant

@@ -367,9 +367,10 @@ def run(args: argparse.Namespace, log=print) -> dict:
     if calib_text is text and calib_ids.numel() > ids.numel() + args.calibration_tokens:
         calib_ids = calib_ids[ids.numel():]  # the part of the file after the scored tokens
     batches = calibration_batches(calib_ids, args.calibration_tokens, args.seq_len)
+    wins = windows(ids.numel(), args.seq_len, args.stride)
+    n_in = sum(e - b for b, e, _ in wins)  # tokens fed to the model per mode
     log(f"model: {model_desc}\ncorpus: {corpus_desc}\ntokens: {ids.numel()} "
-        f"(seq-len {args.seq_len}, stride {args.stride}, "
-        f"{len(windows(ids.numel(), args.seq_len, args.stride))} windows"
+        f"(seq-len {args.seq_len}, stride {args.stride}, {len(wins)} windows"
         + (f", {world} ranks" if world > 1 else "") + f"), threads: {torch.get_num_threads()}")
 
     results: List[Result] = []
@@ -387,7 +388,6 @@ def run(args: argparse.Namespace, log=print) -> dict:
         t0 = time.perf_counter()
         ppl, nll, count = perplexity(m, ids, args.seq_len, args.stride, show, mode)
         secs = time.perf_counter() - t0
-        n_in = sum(e - b for b, e, _ in windows(ids.numel(), args.seq_len, args.stride))
         results.append(Result(mode, ppl, nll, count, secs, n_in / secs, weight_bytes(m), layers))
         log(f"  {mode}: perplexity {ppl:.4f} ({secs:.1f} s)")
         if m is not model:

@@ -142,30 +142,21 @@ at::Tensor quantized_linear_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
                                 const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                                 const std::optional<at::Tensor>& w_sum,
                                 std::optional<at::ScalarType> out_dtype) {
-  constexpr const char* op = "torch_quant.quantized_linear";
-  check_linear_activation(op, x_q, x_scale, x_zero_point);
-  const int64_t N = check_linear_weight(op, x_q, w_q, w_scale, bias, w_sum);
-  const at::ScalarType dtype = out_dtype.value_or(at::kFloat);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
-              ": out_dtype must be float32, float16 or bfloat16, got ", dtype);
-  const bool a_signed = x_q.scalar_type() == at::kChar;
-  const QRange range = a_signed ? QRange{-128, 127} : QRange{0, 255};
-  const auto [xs, xz64] =
-      checked_qparam_values(op, x_scale, x_zero_point, range, "x_scale", "x_zero_point");
-  const at::Tensor ws = checked_scale_values(op, w_scale, "w_scale");
-  const at::Tensor xz = xz64.to(at::kInt);
-  const int32_t* zp = xz.const_data_ptr<int32_t>();
-  const bool any_zp = std::any_of(zp, zp + xz.numel(), [](int32_t z) { return z != 0; });
-
+  const QuantizedLinearArgs args = check_quantized_linear_args(
+      "torch_quant.quantized_linear", x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum,
+      out_dtype);
   const at::Tensor x = x_q.contiguous();
   const at::Tensor w = w_q.contiguous();
   const int64_t K = x.size(-1);
   const int64_t M = K == 0 ? c10::multiply_integers(x.sizes().slice(0, x.dim() - 1))
                            : x.numel() / K;
-  return linear(x.const_data_ptr(), a_signed, M, K, w, w_sum,
+  const at::Tensor& xs = args.x_scale;
+  const at::Tensor& xz = args.x_zero_point;
+  return linear(x.const_data_ptr(), args.a_signed, M, K, w, w_sum,
                 PerRow<float>{xs.const_data_ptr<float>(), xs.numel() != 1},
-                PerRow<int32_t>{zp, xz.numel() != 1}, any_zp, ws, bias,
-                output_shape(x, N), dtype);
+                PerRow<int32_t>{xz.const_data_ptr<int32_t>(), xz.numel() != 1},
+                args.any_zero_point, args.w_scale, bias, output_shape(x, args.N),
+                args.out_dtype);
 }
 
 at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_q,

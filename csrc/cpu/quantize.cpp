@@ -137,13 +137,8 @@ std::vector<float> as_floats(const at::Tensor& z) {
 at::Tensor quantize_cpu(const at::Tensor& x_in, const at::Tensor& scale,
                         const at::Tensor& zero_point, std::string_view mode_name,
                         std::optional<int64_t> axis, int64_t bits) {
-  constexpr const char* op = "torch_quant.quantize";
-  const Mode mode = parse_mode(op, mode_name);
-  check_bits(op, bits);
-  check_float_input(op, "x", x_in);
-  const ParamLayout layout = check_qparams(op, "x", x_in, scale, zero_point, axis);
-  const QRange range = qrange(mode, static_cast<int>(bits));
-  const auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
+  const auto [mode, range, layout, s, z] =
+      check_quantize_args("torch_quant.quantize", x_in, scale, zero_point, mode_name, axis, bits);
 
   const at::Tensor x = x_in.contiguous();
   at::Tensor q = empty_output(x.sizes(), code_dtype(mode));
@@ -175,16 +170,9 @@ at::Tensor quantize_cpu(const at::Tensor& x_in, const at::Tensor& scale,
 at::Tensor dequantize_cpu(const at::Tensor& q_in, const at::Tensor& scale,
                           const at::Tensor& zero_point, std::optional<int64_t> axis,
                           std::optional<at::ScalarType> dtype) {
-  constexpr const char* op = "torch_quant.dequantize";
+  const auto [out_dtype, layout, s, z] =
+      check_dequantize_args("torch_quant.dequantize", q_in, scale, zero_point, axis, dtype);
   const auto code = q_in.scalar_type();
-  TORCH_CHECK(code == at::kChar || code == at::kByte, op,
-              ": q must be int8 (symmetric) or uint8 (asymmetric), got ", code);
-  const at::ScalarType out_dtype = dtype.value_or(at::kFloat);
-  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16,
-              op, ": dtype must be float32, float16 or bfloat16, got ", out_dtype);
-  const ParamLayout layout = check_qparams(op, "q", q_in, scale, zero_point, axis);
-  const QRange range = code == at::kChar ? QRange{-128, 127} : QRange{0, 255};
-  const auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
 
   const at::Tensor q = q_in.contiguous();
   at::Tensor x = empty_output(q.sizes(), out_dtype);

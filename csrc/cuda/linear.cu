@@ -174,24 +174,15 @@ at::Tensor quantized_linear_cuda(const at::Tensor& x_q, const at::Tensor& x_scal
                                  const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                                  const std::optional<at::Tensor>& w_sum,
                                  std::optional<at::ScalarType> out_dtype) {
-  constexpr const char* op = "torch_quant.quantized_linear";
-  check_linear_activation(op, x_q, x_scale, x_zero_point);
-  const int64_t N = check_linear_weight(op, x_q, w_q, w_scale, bias, w_sum);
-  const at::ScalarType dtype = out_dtype.value_or(at::kFloat);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
-              ": out_dtype must be float32, float16 or bfloat16, got ", dtype);
-  const bool a_signed = x_q.scalar_type() == at::kChar;
-  const QRange range = a_signed ? QRange{-128, 127} : QRange{0, 255};
   // Values checked on the host (a wait for x_scale, x_zero_point, w_scale).
-  const auto [xs_host, xz_host] =
-      checked_qparam_values(op, x_scale, x_zero_point, range, "x_scale", "x_zero_point");
-  checked_scale_values(op, w_scale, "w_scale");
-  const bool any_zp = xz_host.ne(0).any().item<bool>();
+  const QuantizedLinearArgs args = check_quantized_linear_args(
+      "torch_quant.quantized_linear", x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum,
+      out_dtype);
   const c10::cuda::CUDAGuard guard(x_q.device());
   const at::Tensor x = x_q.contiguous();
   return linear(x, x_scale.to(at::kFloat).contiguous(), x_zero_point.to(at::kInt).contiguous(),
-                any_zp, w_q.contiguous(), w_sum, w_scale.to(at::kFloat).contiguous(), bias,
-                output_shape(x, N), dtype);
+                args.any_zero_point, w_q.contiguous(), w_sum, w_scale.to(at::kFloat).contiguous(),
+                bias, output_shape(x, args.N), args.out_dtype);
 }
 
 at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tensor& w_q,
