@@ -1,5 +1,7 @@
 #include "checks.h"
 
+#include "checked_values.h"
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -86,19 +88,24 @@ at::Tensor checked_scale_values(const char* op, const at::Tensor& scale, const c
   return out;
 }
 
+at::Tensor checked_zero_point_values(const char* op, const at::Tensor& zero_point, QRange range,
+                                     const char* name) {
+  at::Tensor z = zero_point.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* zp = z.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < z.numel(); ++i) {
+    TORCH_CHECK(zp[i] >= range.qmin && zp[i] <= range.qmax, op, ": ", name, " must be in [",
+                range.qmin, ", ", range.qmax, "], got ", zp[i],
+                z.dim() > 0 ? " at index " + std::to_string(i) : std::string());
+  }
+  return z;
+}
+
 std::pair<at::Tensor, at::Tensor> checked_qparam_values(const char* op, const at::Tensor& scale,
                                                         const at::Tensor& zero_point,
                                                         QRange range, const char* scale_name,
                                                         const char* zp_name) {
   at::Tensor s = checked_scale_values(op, scale, scale_name);
-  at::Tensor z = zero_point.to(at::kCPU, at::kLong).contiguous();
-  const int64_t* zp = z.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < z.numel(); ++i) {
-    TORCH_CHECK(zp[i] >= range.qmin && zp[i] <= range.qmax, op, ": ", zp_name, " must be in [",
-                range.qmin, ", ", range.qmax, "], got ", zp[i],
-                z.dim() > 0 ? " at index " + std::to_string(i) : std::string());
-  }
-  return {s, z};
+  return {s, checked_zero_point_values(op, zero_point, range, zp_name)};
 }
 
 int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tensor& w_q,
@@ -153,19 +160,24 @@ void check_linear_activation(const char* op, const at::Tensor& x_q,
 
 QuantizeArgs check_quantize_args(const char* op, const at::Tensor& x, const at::Tensor& scale,
                                  const at::Tensor& zero_point, std::string_view mode_name,
-                                 std::optional<int64_t> axis, int64_t bits) {
+                                 std::optional<int64_t> axis, int64_t bits, ValueCheck values) {
   const Mode mode = parse_mode(op, mode_name);
   check_bits(op, bits);
   check_float_input(op, "x", x);
   const ParamLayout layout = check_qparams(op, "x", x, scale, zero_point, axis);
   const QRange range = qrange(mode, static_cast<int>(bits));
+  if (values == ValueCheck::Once) {
+    check_scale_values_once(op, scale, "scale");
+    check_zero_point_values_once(op, zero_point, range, "zero_point");
+    return {mode, range, layout, at::Tensor(), at::Tensor()};
+  }
   auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
   return {mode, range, layout, std::move(s), std::move(z)};
 }
 
 DequantizeArgs check_dequantize_args(const char* op, const at::Tensor& q, const at::Tensor& scale,
                                      const at::Tensor& zero_point, std::optional<int64_t> axis,
-                                     std::optional<at::ScalarType> dtype) {
+                                     std::optional<at::ScalarType> dtype, ValueCheck values) {
   const auto code = q.scalar_type();
   TORCH_CHECK(code == at::kChar || code == at::kByte, op,
               ": q must be int8 (symmetric) or uint8 (asymmetric), got ", code);
@@ -174,6 +186,11 @@ DequantizeArgs check_dequantize_args(const char* op, const at::Tensor& q, const 
               op, ": dtype must be float32, float16 or bfloat16, got ", out_dtype);
   const ParamLayout layout = check_qparams(op, "q", q, scale, zero_point, axis);
   const QRange range = code == at::kChar ? QRange{-128, 127} : QRange{0, 255};
+  if (values == ValueCheck::Once) {
+    check_scale_values_once(op, scale, "scale");
+    check_zero_point_values_once(op, zero_point, range, "zero_point");
+    return {out_dtype, layout, at::Tensor(), at::Tensor()};
+  }
   auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
   return {out_dtype, layout, std::move(s), std::move(z)};
 }
@@ -182,7 +199,7 @@ QuantizedLinearArgs check_quantized_linear_args(
     const char* op, const at::Tensor& x_q, const at::Tensor& x_scale,
     const at::Tensor& x_zero_point, const at::Tensor& w_q, const at::Tensor& w_scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
-    std::optional<at::ScalarType> out_dtype) {
+    std::optional<at::ScalarType> out_dtype, ValueCheck values) {
   check_linear_activation(op, x_q, x_scale, x_zero_point);
   const int64_t N = check_linear_weight(op, x_q, w_q, w_scale, bias, w_sum);
   const at::ScalarType dtype = out_dtype.value_or(at::kFloat);
@@ -190,6 +207,12 @@ QuantizedLinearArgs check_quantized_linear_args(
               ": out_dtype must be float32, float16 or bfloat16, got ", dtype);
   const bool a_signed = x_q.scalar_type() == at::kChar;
   const QRange range = a_signed ? QRange{-128, 127} : QRange{0, 255};
+  if (values == ValueCheck::Once) {
+    check_scale_values_once(op, x_scale, "x_scale");
+    const auto [lo, hi] = check_zero_point_values_once(op, x_zero_point, range, "x_zero_point");
+    check_scale_values_once(op, w_scale, "w_scale");
+    return {N, dtype, a_signed, at::Tensor(), at::Tensor(), at::Tensor(), lo != 0 || hi != 0};
+  }
   const auto [xs, xz64] =
       checked_qparam_values(op, x_scale, x_zero_point, range, "x_scale", "x_zero_point");
   at::Tensor ws = checked_scale_values(op, w_scale, "w_scale");

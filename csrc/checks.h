@@ -54,6 +54,12 @@ ParamLayout channel_layout(const at::Tensor& x, int64_t axis);
 at::Tensor checked_scale_values(const char* op, const at::Tensor& scale,
                                 const char* name = "scale");
 
+// zero_point as a contiguous int64 CPU tensor, after checking every value in
+// [qmin, qmax] (in int64, so that an out-of-range int64 zero point cannot wrap
+// into range).
+at::Tensor checked_zero_point_values(const char* op, const at::Tensor& zero_point, QRange range,
+                                     const char* name = "zero_point");
+
 // scale and zero_point as contiguous float32 / int64 CPU tensors, after
 // checking the scales as above and every zero point in [qmin, qmax] (in int64,
 // so that an out-of-range int64 zero point cannot wrap into range).
@@ -82,9 +88,21 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
 void check_linear_activation(const char* op, const at::Tensor& x_q,
                              const at::Tensor& x_scale, const at::Tensor& x_zero_point);
 
+// How check_*_args below check the values of the caller's scales and zero
+// points (> 0 and finite, within [qmin, qmax]).
+enum class ValueCheck {
+  // Read them to the host and return them there: the CPU kernels use those.
+  Read,
+  // Check each tensor version once (checked_values.h) and return no values:
+  // the CUDA kernels read the device tensors, and the host waits for the GPU
+  // only for values it has not seen.
+  Once,
+};
+
 // Every check of quantize's arguments, shared by its CPU and CUDA kernels:
-// mode, bits, x, the parameters' layout and values. scale and zero_point are
-// the checked values as contiguous float32 / int64 CPU tensors.
+// mode, bits, x, the parameters' layout and values. With ValueCheck::Read,
+// scale and zero_point are the values as contiguous float32 / int64 CPU
+// tensors; with Once they are undefined.
 struct QuantizeArgs {
   Mode mode;
   QRange range;
@@ -93,7 +111,7 @@ struct QuantizeArgs {
 };
 QuantizeArgs check_quantize_args(const char* op, const at::Tensor& x, const at::Tensor& scale,
                                  const at::Tensor& zero_point, std::string_view mode,
-                                 std::optional<int64_t> axis, int64_t bits);
+                                 std::optional<int64_t> axis, int64_t bits, ValueCheck values);
 
 // The same for dequantize; out_dtype is `dtype` or float32.
 struct DequantizeArgs {
@@ -103,11 +121,12 @@ struct DequantizeArgs {
 };
 DequantizeArgs check_dequantize_args(const char* op, const at::Tensor& q, const at::Tensor& scale,
                                      const at::Tensor& zero_point, std::optional<int64_t> axis,
-                                     std::optional<at::ScalarType> dtype);
+                                     std::optional<at::ScalarType> dtype, ValueCheck values);
 
 // The same for quantized_linear: N, the output dtype, whether x_q is int8,
 // the checked x_scale (float32) and x_zero_point (int32) values and w_scale
-// (float32) as CPU tensors, and whether any zero point is non-zero.
+// (float32) as CPU tensors (undefined with ValueCheck::Once), and whether any
+// zero point is non-zero.
 struct QuantizedLinearArgs {
   int64_t N;
   at::ScalarType out_dtype;
@@ -119,6 +138,6 @@ QuantizedLinearArgs check_quantized_linear_args(
     const char* op, const at::Tensor& x_q, const at::Tensor& x_scale,
     const at::Tensor& x_zero_point, const at::Tensor& w_q, const at::Tensor& w_scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
-    std::optional<at::ScalarType> out_dtype);
+    std::optional<at::ScalarType> out_dtype, ValueCheck values);
 
 }  // namespace torch_quant

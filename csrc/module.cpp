@@ -8,6 +8,8 @@
 
 #include <torch/extension.h>
 
+#include "checked_values.h"
+#include "checks.h"
 #include "cpu/gemm.h"
 #include "cpu/isa.h"
 #include "cpu/weight_cache.h"
@@ -55,4 +57,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Drop every packed weight copy kept by the CPU linear kernels.");
   m.def("_weight_cache_info", &weight_cache_info,
         "(weights, bytes) of packed weight copies kept now.");
+  // The value checks the CUDA ops make once per tensor version
+  // (csrc/checked_values.h), callable on any tensor so that CPU tests cover them.
+  m.def("_check_scale_values_once",
+        [](const at::Tensor& scale) {
+          torch_quant::check_scale_values_once("torch_quant._check_scale_values_once", scale,
+                                               "scale");
+        },
+        pybind11::arg("scale"));
+  m.def("_check_zero_point_values_once",
+        [](const at::Tensor& zero_point, int qmin, int qmax) {
+          return torch_quant::check_zero_point_values_once(
+              "torch_quant._check_zero_point_values_once", zero_point,
+              torch_quant::QRange{qmin, qmax}, "zero_point");
+        },
+        pybind11::arg("zero_point"), pybind11::arg("qmin"), pybind11::arg("qmax"));
+  m.def("_clear_checked_values", &torch_quant::clear_checked_values,
+        "Forget which scale / zero point tensors the CUDA ops have checked.");
+  m.def("_checked_values_info", &torch_quant::checked_values_info,
+        "(tensors whose checked values are remembered, host reads of values so far).");
 }

@@ -6,6 +6,7 @@ machines have none, so they have only ever been compiled there."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -129,3 +130,82 @@ def test_opcheck_and_compile_on_cuda():
     f = torch.compile(lambda t: tq.dynamic_quantized_linear(t, w_q, ws, None, None, "symmetric"),
                       fullgraph=True)
     assert torch.equal(f(x), tq.dynamic_quantized_linear(x, w_q, ws, None, None, "symmetric"))
+
+
+@gpu
+def test_steady_state_does_not_wait_for_the_gpu():
+    """After a tensor's values were checked once (or were made by our ops), no
+    op waits for the device: torch's sync debug mode turns any wait into an
+    error. A tensor seen for the first time is read (and so raises here),
+    which shows the mode is on."""
+    x = _x((8, 64)).nan_to_num().cuda()
+    g = torch.Generator().manual_seed(3)
+    w_q = torch.randint(-127, 128, (32, 64), generator=g).to(torch.int8).cuda()
+    ws = (torch.rand(32, generator=g) + 0.01).cuda()
+    w_sum = w_q.sum(1, dtype=torch.int32)
+    qt, st, zt = tq.quantize_per_token(x, "asymmetric")
+    tq.quantized_linear(qt, st, zt, w_q, ws, None, w_sum)  # reads ws once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for mode in MODES:
+            for axis in (None, 0):
+                s, z = tq.choose_qparams(x, mode, axis)
+                q = tq.quantize(x, s, z, mode, axis)
+                tq.dequantize(q, s, z, axis)
+            qt, st, zt = tq.quantize_per_token(x, mode)
+            tq.quantized_linear(qt, st, zt, w_q, ws, None, w_sum)
+            tq.dynamic_quantized_linear(x, w_q, ws, None, w_sum, mode)
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            tq.quantized_linear(qt, st, zt, w_q, ws.clone(), None, w_sum)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@gpu
+def test_quantized_model_runs_on_cuda_without_waiting():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.GELU(), torch.nn.Linear(48, 16))
+    x = torch.randn(5, 64)
+    for act_mode in MODES:
+        q = tq.quantize_model(copy.deepcopy(model), act_mode=act_mode)
+        want = q(x)
+        q.cuda()
+        assert torch.equal(q(x.cuda()).cpu(), want)  # first call: reads the scales once
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = q(x.cuda())
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert torch.equal(got.cpu(), want)
+
+
+@gpu
+@pytest.mark.parametrize("case", [
+    lambda d: tq.quantize(torch.ones(3, device=d), torch.tensor([-1.0], device=d),
+                          torch.tensor([0], device=d), "symmetric"),
+    lambda d: tq.quantize(torch.ones(2, 3, device=d), torch.tensor([1.0, float("nan")], device=d),
+                          torch.tensor([0, 0], device=d), "symmetric", 0),
+    lambda d: tq.quantize(torch.ones(3, device=d), torch.tensor([1.0], device=d),
+                          torch.tensor([256], device=d), "asymmetric"),
+    lambda d: tq.dequantize(torch.ones(3, dtype=torch.int8, device=d),
+                            torch.tensor([0.0], device=d), torch.tensor([0], device=d)),
+    lambda d: tq.dequantize(torch.ones(3, dtype=torch.uint8, device=d),
+                            torch.tensor([1.0], device=d), torch.tensor([-1], device=d)),
+    lambda d: tq.quantized_linear(torch.ones(2, 4, dtype=torch.int8, device=d),
+                                  torch.tensor([1.0, 1.0], device=d),
+                                  torch.tensor([0, 200], device=d, dtype=torch.int32),
+                                  torch.ones(3, 4, dtype=torch.int8, device=d),
+                                  torch.ones(3, device=d)),
+    lambda d: tq.dynamic_quantized_linear(torch.ones(2, 4, device=d),
+                                          torch.ones(3, 4, dtype=torch.int8, device=d),
+                                          torch.tensor([1.0, float("inf"), 1.0], device=d),
+                                          None, None, "symmetric"),
+])
+def test_bad_values_raise_the_cpu_error(case):
+    with pytest.raises(RuntimeError) as on_cpu:
+        case("cpu")
+    with pytest.raises(RuntimeError) as on_gpu:
+        case("cuda")
+    assert str(on_gpu.value).splitlines()[0] == str(on_cpu.value).splitlines()[0]
+    torch.cuda.synchronize()  # the device is still usable

@@ -17,16 +17,20 @@ from .serialization import load, save
 
 
 def clear_weight_cache() -> None:
-    """Drop the packed weight copies kept by the CPU linear kernels.
+    """Forget what the kernels remember about tensors: call it after writing
+    a weight or a quantization parameter through ``tensor.data``.
 
-    The kernels pack an int8 weight once, on first use with two or more rows,
-    and reuse the copy while the weight tensor lives and is not written (its
-    version counter tracks ``copy_``, ``load_state_dict`` and other in-place
-    ops). A write through ``weight.data`` is not tracked: call this after one.
-    The copies take at most ``TORCH_QUANT_WEIGHT_CACHE_MB`` (default 1024; 0
-    turns packing per weight off).
+    The CPU linear kernels pack an int8 weight once, on first use with two or
+    more rows, and reuse the copy while the weight tensor lives and is not
+    written (its version counter tracks ``copy_``, ``load_state_dict`` and
+    other in-place ops); the copies take at most
+    ``TORCH_QUANT_WEIGHT_CACHE_MB`` (default 1024; 0 turns packing per weight
+    off). The CUDA ops check the values of a scale or zero point tensor once
+    per version in the same way, so that they do not wait for the GPU on every
+    call. A write through ``.data`` is not tracked by either.
     """
     _C._clear_weight_cache()
+    _C._clear_checked_values()
 
 
 __all__ = [*ops.__all__, "ops", "clear_weight_cache", "QuantLinear", "quantize_model",

@@ -144,7 +144,7 @@ at::Tensor quantized_linear_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
                                 std::optional<at::ScalarType> out_dtype) {
   const QuantizedLinearArgs args = check_quantized_linear_args(
       "torch_quant.quantized_linear", x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum,
-      out_dtype);
+      out_dtype, ValueCheck::Read);
   const at::Tensor x = x_q.contiguous();
   const at::Tensor w = w_q.contiguous();
   const int64_t K = x.size(-1);

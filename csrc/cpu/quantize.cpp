@@ -138,7 +138,8 @@ at::Tensor quantize_cpu(const at::Tensor& x_in, const at::Tensor& scale,
                         const at::Tensor& zero_point, std::string_view mode_name,
                         std::optional<int64_t> axis, int64_t bits) {
   const auto [mode, range, layout, s, z] =
-      check_quantize_args("torch_quant.quantize", x_in, scale, zero_point, mode_name, axis, bits);
+      check_quantize_args("torch_quant.quantize", x_in, scale, zero_point, mode_name, axis, bits,
+                          ValueCheck::Read);
 
   const at::Tensor x = x_in.contiguous();
   at::Tensor q = empty_output(x.sizes(), code_dtype(mode));
@@ -171,7 +172,8 @@ at::Tensor dequantize_cpu(const at::Tensor& q_in, const at::Tensor& scale,
                           const at::Tensor& zero_point, std::optional<int64_t> axis,
                           std::optional<at::ScalarType> dtype) {
   const auto [out_dtype, layout, s, z] =
-      check_dequantize_args("torch_quant.dequantize", q_in, scale, zero_point, axis, dtype);
+      check_dequantize_args("torch_quant.dequantize", q_in, scale, zero_point, axis, dtype,
+                            ValueCheck::Read);
   const auto code = q_in.scalar_type();
 
   const at::Tensor q = q_in.contiguous();

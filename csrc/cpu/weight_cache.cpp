@@ -2,23 +2,18 @@
 
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
-#include <c10/util/intrusive_ptr.h>
-
+#include "../tensor_version.h"
 #include "panels.h"
 
 namespace torch_quant::cpu {
 namespace {
 
-using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-
 struct Entry {
-  WeakImpl owner;
-  const void* data;
-  int64_t version;
-  int64_t n, k;
+  TensorVersion version;
   std::shared_ptr<const PackedPanels> panels;
 };
 
@@ -49,7 +44,7 @@ void erase(std::unordered_map<const c10::TensorImpl*, Entry>::iterator it) {
 void sweep() {
   for (auto it = entries.begin(); it != entries.end();) {
     auto next = std::next(it);
-    if (it->second.owner.expired()) erase(it);
+    if (it->second.version.expired()) erase(it);
     it = next;
   }
 }
@@ -57,21 +52,18 @@ void sweep() {
 }  // namespace
 
 std::shared_ptr<const PackedPanels> cached_panels(const at::Tensor& w) {
-  if (w.is_inference() || !w.is_contiguous() || w.dim() != 2) return nullptr;
+  if (!w.is_contiguous() || w.dim() != 2) return nullptr;
+  std::optional<TensorVersion> version = TensorVersion::of(w);
+  if (!version.has_value()) return nullptr;
   const int64_t n = w.size(0), k = w.size(1), size = panel_bytes(n, k);
-  const c10::TensorImpl* key = w.unsafeGetTensorImpl();
-  const int64_t version = w._version();
-  const void* data = w.const_data_ptr();
+  const c10::TensorImpl* key = TensorVersion::key(w);
 
   std::lock_guard<std::mutex> lock(mu);
   auto it = entries.find(key);
   if (it != entries.end()) {
     const Entry& e = it->second;
-    // A live owner at this address is this tensor; then the pack is current
-    // if nothing was written or swapped in since.
-    if (!e.owner.expired() && e.data == data && e.version == version && e.n == n && e.k == k) {
-      return e.panels->data.empty() ? nullptr : e.panels;
-    }
+    // Current if nothing was written or swapped in since it was packed.
+    if (e.version.current(w)) return e.panels->data.empty() ? nullptr : e.panels;
     erase(it);
   }
   sweep();  // a miss is rare: free the packs of weights that are gone
@@ -82,7 +74,7 @@ std::shared_ptr<const PackedPanels> cached_panels(const at::Tensor& w) {
     panels->data = {};  // remembered, so the weight is not scanned again
   }
   bytes += static_cast<int64_t>(panels->data.size());
-  entries.emplace(key, Entry{WeakImpl(w.getIntrusivePtr()), data, version, n, k, panels});
+  entries.emplace(key, Entry{std::move(*version), panels});
   return panels->data.empty() ? nullptr : panels;
 }
 

@@ -22,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../checked_values.h"
 #include "../checks.h"
 #include "../quant_math.h"
 #include "common.cuh"
@@ -174,10 +175,10 @@ at::Tensor quantized_linear_cuda(const at::Tensor& x_q, const at::Tensor& x_scal
                                  const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                                  const std::optional<at::Tensor>& w_sum,
                                  std::optional<at::ScalarType> out_dtype) {
-  // Values checked on the host (a wait for x_scale, x_zero_point, w_scale).
+  // Values checked once per tensor version (checked_values.h).
   const QuantizedLinearArgs args = check_quantized_linear_args(
       "torch_quant.quantized_linear", x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum,
-      out_dtype);
+      out_dtype, ValueCheck::Once);
   const c10::cuda::CUDAGuard guard(x_q.device());
   const at::Tensor x = x_q.contiguous();
   return linear(x, x_scale.to(at::kFloat).contiguous(), x_zero_point.to(at::kInt).contiguous(),
@@ -195,7 +196,7 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
   check_float_input(op, "x", x_in);
   TORCH_CHECK(x_in.dim() >= 1, op, ": x must have shape [*, K], got a 0-dim tensor");
   const int64_t N = check_linear_weight(op, x_in, w_q, w_scale, bias, w_sum);
-  checked_scale_values(op, w_scale, "w_scale");
+  check_scale_values_once(op, w_scale, "w_scale");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto [q, scale, zp] = quantize_per_token_impl(op, x_in, mode, 8);
   // Symmetric rows have zero point 0: w_sum is only needed for asymmetric.

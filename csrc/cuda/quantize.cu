@@ -5,9 +5,9 @@
 //
 // Written without a GPU to run them on (see the README): kept plain so that
 // they are right by construction. Everything runs on the current stream.
-// quantize / dequantize validate the caller's scale and zero point values on
-// the host (checks.h), which waits for those few values; the ops that compute
-// their own parameters do not synchronise.
+// quantize / dequantize check the caller's scale and zero point values once
+// per tensor version (checked_values.h), so the host waits for the GPU only
+// for values it has not seen; the parameters made here are recorded as valid.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../checked_values.h"
 #include "../checks.h"
 #include "../quant_math.h"
 #include "common.cuh"
@@ -28,6 +29,20 @@ namespace torch_quant::cuda {
 namespace {
 
 at::ScalarType code_dtype(Mode mode) { return mode == Mode::Symmetric ? at::kChar : at::kByte; }
+
+// Parameters computed by compute_qparams are valid by construction (scale >=
+// FLT_EPSILON and finite, zero point clamped into range; 0 when symmetric):
+// recorded so that passing them on to quantize / dequantize does not wait.
+void remember_made_qparams(const at::Tensor& scale, const at::Tensor& zero_point, Mode mode,
+                           int64_t bits) {
+  const QRange r = qrange(mode, static_cast<int>(bits));
+  remember_valid_scale(scale);
+  if (mode == Mode::Symmetric) {
+    remember_zero_point_bounds(zero_point, 0, 0);
+  } else {
+    remember_zero_point_bounds(zero_point, r.qmin, r.qmax);
+  }
+}
 
 // Per-element quantization with parameters per channel: element i of the
 // contiguous data uses pair (i / inner) % channels.
@@ -138,15 +153,16 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_cuda(const at::Tensor& x_in,
         static_cast<int>(mode), static_cast<int>(bits));
   });
   check_launch();
+  remember_made_qparams(scale, zero_point, mode, bits);
   return {scale, zero_point};
 }
 
 at::Tensor quantize_cuda(const at::Tensor& x_in, const at::Tensor& scale,
                          const at::Tensor& zero_point, std::string_view mode_name,
                          std::optional<int64_t> axis, int64_t bits) {
-  // The values are checked on the host; the kernel reads the device copies.
-  const QuantizeArgs args =
-      check_quantize_args("torch_quant.quantize", x_in, scale, zero_point, mode_name, axis, bits);
+  // Values checked once per tensor version: the kernel reads the device tensors.
+  const QuantizeArgs args = check_quantize_args("torch_quant.quantize", x_in, scale, zero_point,
+                                                mode_name, axis, bits, ValueCheck::Once);
   const Mode mode = args.mode;
   const QRange range = args.range;
   const ParamLayout layout = args.layout;
@@ -179,7 +195,8 @@ at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale,
                            const at::Tensor& zero_point, std::optional<int64_t> axis,
                            std::optional<at::ScalarType> dtype) {
   const DequantizeArgs args =
-      check_dequantize_args("torch_quant.dequantize", q_in, scale, zero_point, axis, dtype);
+      check_dequantize_args("torch_quant.dequantize", q_in, scale, zero_point, axis, dtype,
+                            ValueCheck::Once);
   const at::ScalarType out_dtype = args.out_dtype;
   const ParamLayout layout = args.layout;
   const auto code = q_in.scalar_type();
@@ -248,7 +265,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cuda(
   check_bits(op, bits);
   check_float_input(op, "x", x_in);
   TORCH_CHECK(x_in.dim() >= 1, op, ": x must have at least 1 dimension, got a 0-dim tensor");
-  return quantize_per_token_impl(op, x_in, mode, bits);
+  auto out = quantize_per_token_impl(op, x_in, mode, bits);
+  remember_made_qparams(std::get<1>(out), std::get<2>(out), mode, bits);
+  return out;
 }
 
 }  // namespace
