@@ -76,24 +76,56 @@ def test_quantize_per_token_matches_cpu(mode, shape):
 
 @gpu
 @pytest.mark.parametrize("xdtype", [torch.int8, torch.uint8])
-# (129, 64, 256) and (17, 8, 8) take the cuBLASLt path (M > 16, K and N
-# multiples of 8); the others the tiled fallback kernel.
-@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (3, 17, 5), (16, 1025, 33), (129, 64, 256),
-                                   (17, 8, 8), (33, 1024, 40), (20, 1000, 7)])
-def test_quantized_linear_matches_cpu(xdtype, M, K, N):
+# (129, 64, 256), (17, 8, 8) and (33, 1024, 40) take the cuBLASLt path (M > 16,
+# K and N multiples of 8); the others our tensor-core kernel, with whole
+# 16-byte loads when K % 16 == 0 ((5, 64, 70), (100, 48, 130), (16, 1024, 9))
+# unless the data is misaligned (offset=1), byte loads otherwise; (100, 48, 130)
+# spans 2 x 3 blocks of 64 x 64 outputs.
+@pytest.mark.parametrize("M,K,N,offset", [
+    (1, 1, 1, 0), (3, 17, 5, 0), (16, 1025, 33, 0), (129, 64, 256, 0), (17, 8, 8, 0),
+    (33, 1024, 40, 0), (20, 1000, 7, 0), (5, 64, 70, 0), (100, 48, 130, 0), (16, 1024, 9, 0),
+    (16, 1024, 9, 1), (70, 0, 3, 0)])
+def test_quantized_linear_matches_cpu(xdtype, M, K, N, offset):
     g = torch.Generator().manual_seed(M * K + N)
     lo, hi = (-128, 127) if xdtype == torch.int8 else (0, 255)
-    x_q = torch.randint(lo, hi + 1, (M, K), generator=g).to(xdtype)
+    # offset > 0: a contiguous x_q whose data starts `offset` bytes into its storage
+    x_q = torch.randint(lo, hi + 1, (M * K + offset,), generator=g).to(xdtype)[offset:]
+    x_q = x_q.view(M, K)
     w_q = torch.randint(-128, 128, (N, K), generator=g).to(torch.int8)
     xs = torch.rand(M, generator=g) + 0.01
     xz = torch.randint(lo, hi + 1, (M,), generator=g, dtype=torch.int32)
     ws = torch.rand(N, generator=g) + 0.01
     bias = torch.randn(N, generator=g)
-    for out in (torch.float32, torch.float16):
+    x_dev = torch.empty(M * K + offset, dtype=xdtype, device="cuda")[offset:].view(M, K)
+    x_dev.copy_(x_q)
+    for out in (torch.float32, torch.float16, torch.bfloat16):
         want = tq.quantized_linear(x_q, xs, xz, w_q, ws, bias, out_dtype=out)
-        got = tq.quantized_linear(x_q.cuda(), xs.cuda(), xz.cuda(), w_q.cuda(), ws.cuda(),
+        got = tq.quantized_linear(x_dev, xs.cuda(), xz.cuda(), w_q.cuda(), ws.cuda(),
                                   bias.cuda(), out_dtype=out)
         assert torch.equal(got.cpu(), want)
+    # per-tensor activation parameters, no bias, w_sum given
+    want = tq.quantized_linear(x_q, xs[:1], xz[:1], w_q, ws, None, w_q.sum(1, dtype=torch.int32))
+    got = tq.quantized_linear(x_dev, xs[:1].cuda(), xz[:1].cuda(), w_q.cuda(), ws.cuda(), None,
+                              w_q.sum(1, dtype=torch.int32).cuda())
+    assert torch.equal(got.cpu(), want)
+
+
+@gpu
+@pytest.mark.parametrize("xdtype", [torch.int8, torch.uint8])
+@pytest.mark.parametrize("M,K", [(1, 65793), (17, 65792)])  # ours / cuBLASLt
+def test_extreme_accumulators_are_exact_on_cuda(xdtype, M, K):
+    """The largest K and the most extreme codes: |sum| just below 2^31, in
+    both GEMMs, including the uint8 flip and its 128 * w_sum correction."""
+    x_val, zp = (-128, 127) if xdtype == torch.int8 else (255, 0)
+    x_q = torch.full((M, K), x_val, dtype=xdtype)
+    w_q = torch.full((8, K), -128, dtype=torch.int8)
+    w_q[1::2] = 127
+    xs, xz = torch.ones(M), torch.full((M,), zp, dtype=torch.int32)
+    ws = torch.ones(8)
+    want = tq.quantized_linear(x_q, xs, xz, w_q, ws, out_dtype=torch.float32)
+    got = tq.quantized_linear(x_q.cuda(), xs.cuda(), xz.cuda(), w_q.cuda(), ws.cuda(),
+                              out_dtype=torch.float32)
+    assert torch.equal(got.cpu(), want)
 
 
 @gpu
