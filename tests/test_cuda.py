@@ -46,31 +46,49 @@ def _x(shape, dtype=torch.float32, seed=0):
     return x
 
 
+def _on_gpu(t, offset=0):
+    """t on the GPU, contiguous, its data starting `offset` elements into its
+    storage (offset=1: not 16-byte aligned, so the kernels' element-by-element
+    versions run instead of the 16-byte ones)."""
+    out = torch.empty(t.numel() + offset, dtype=t.dtype, device="cuda")[offset:].view(t.shape)
+    return out.copy_(t)
+
+
 @gpu
+@pytest.mark.parametrize("offset", [0, 1])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape,axis", [((1025,), None), ((7, 17), 0), ((7, 17), 1),
-                                        ((3, 5, 33), 1), ((0, 4), None), ((4, 0), 0)])
-def test_quantize_ops_match_cpu(mode, dtype, shape, axis):
+# 16-byte packs where the data is aligned and a pack stays within a channel:
+# one channel ((1025,) with a tail of 1; (1031,) of 7), inner % pack == 0
+# ((4, 16) axis 0, (3, 5, 64) axis 1); element by element otherwise.
+@pytest.mark.parametrize("shape,axis", [((1025,), None), ((1031,), None), ((7, 17), 0),
+                                        ((7, 17), 1), ((3, 5, 33), 1), ((4, 16), 0),
+                                        ((3, 5, 64), 1), ((0, 4), None), ((4, 0), 0)])
+def test_quantize_ops_match_cpu(offset, mode, dtype, shape, axis):
     x = _x(shape, dtype)
     s_cpu, z_cpu = tq.choose_qparams(x, mode, axis)
-    s_gpu, z_gpu = tq.choose_qparams(x.cuda(), mode, axis)
+    s_gpu, z_gpu = tq.choose_qparams(_on_gpu(x, offset), mode, axis)
     assert torch.equal(s_gpu.cpu(), s_cpu) and torch.equal(z_gpu.cpu(), z_cpu)
     q_cpu = tq.quantize(x, s_cpu, z_cpu, mode, axis)
-    q_gpu = tq.quantize(x.cuda(), s_cpu.cuda(), z_cpu.cuda(), mode, axis)
+    q_gpu = tq.quantize(_on_gpu(x, offset), s_cpu.cuda(), z_cpu.cuda(), mode, axis)
     assert torch.equal(q_gpu.cpu(), q_cpu)
     for out in (torch.float32, torch.bfloat16):
         d_cpu = tq.dequantize(q_cpu, s_cpu, z_cpu, axis, out)
-        d_gpu = tq.dequantize(q_gpu, s_cpu.cuda(), z_cpu.cuda(), axis, out)
+        d_gpu = tq.dequantize(_on_gpu(q_cpu, offset), s_cpu.cuda(), z_cpu.cuda(), axis, out)
         assert torch.equal(d_gpu.cpu(), d_cpu)
 
 
 @gpu
+@pytest.mark.parametrize("offset", [0, 1])
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (2, 5, 1025), (0, 8), (4, 0)])
-def test_quantize_per_token_matches_cpu(mode, shape):
-    x = _x(shape)
-    for a, b in zip(tq.quantize_per_token(x.cuda(), mode), tq.quantize_per_token(x, mode)):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+# (3, 64) and (2, 5, 1024): whole 16-byte packs when aligned
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (3, 64), (2, 5, 1024), (2, 5, 1025),
+                                   (0, 8), (4, 0)])
+def test_quantize_per_token_matches_cpu(offset, mode, dtype, shape):
+    x = _x(shape, dtype)
+    got = tq.quantize_per_token(_on_gpu(x, offset), mode)
+    for a, b in zip(got, tq.quantize_per_token(x, mode)):
         assert torch.equal(a.cpu(), b)
 
 
@@ -96,8 +114,7 @@ def test_quantized_linear_matches_cpu(xdtype, M, K, N, offset):
     xz = torch.randint(lo, hi + 1, (M,), generator=g, dtype=torch.int32)
     ws = torch.rand(N, generator=g) + 0.01
     bias = torch.randn(N, generator=g)
-    x_dev = torch.empty(M * K + offset, dtype=xdtype, device="cuda")[offset:].view(M, K)
-    x_dev.copy_(x_q)
+    x_dev = _on_gpu(x_q, offset)
     for out in (torch.float32, torch.float16, torch.bfloat16):
         want = tq.quantized_linear(x_q, xs, xz, w_q, ws, bias, out_dtype=out)
         got = tq.quantized_linear(x_dev, xs.cuda(), xz.cuda(), w_q.cuda(), ws.cuda(),

@@ -23,7 +23,7 @@
 #include "gemm.h"
 #include "output_alloc.h"
 #include "row_kernels.h"
-#include "visit.h"
+#include "../visit.h"
 #include "weight_cache.h"
 #include "panels.h"
 

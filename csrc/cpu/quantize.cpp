@@ -20,7 +20,7 @@
 #include "../quant_math.h"
 #include "output_alloc.h"
 #include "row_kernels.h"
-#include "visit.h"
+#include "../visit.h"
 
 namespace torch_quant::cpu {
 namespace {

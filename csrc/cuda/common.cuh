@@ -5,7 +5,9 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace torch_quant::cuda {
 
@@ -20,6 +22,32 @@ inline unsigned grid_for(int64_t n) {
 }
 
 inline void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
+
+// kN values of T moved as one aligned load or store (16 bytes for the float
+// side of quantize / dequantize: LDG.128 / STG.128).
+template <typename T, int kN>
+struct alignas(sizeof(T) * kN) Pack {
+  T v[kN];
+};
+
+// Values per 16-byte pack of T.
+template <typename T>
+constexpr int kPack16 = static_cast<int>(16 / sizeof(T));
+
+inline bool aligned_to(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// f(std::integral_constant<int, kV>) when vec, else f(... 1): the kernels
+// come in a packed and an element-by-element version.
+template <int kV, typename F>
+void with_pack_size(bool vec, F&& f) {
+  if (vec) {
+    f(std::integral_constant<int, kV>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
 
 // Min of lo and max of hi over the block; every thread returns with the
 // block's result. Needs blockDim.x == kBlock.

@@ -13,7 +13,6 @@
 //     per block) with the epilogue fused: any M, N, K, no extra int32 pass.
 // Nothing here has been timed.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <mma.h>
 #include <torch/library.h>
@@ -29,6 +28,7 @@
 #include "../checked_values.h"
 #include "../checks.h"
 #include "../quant_math.h"
+#include "../visit.h"
 #include "common.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 720
@@ -238,9 +238,10 @@ at::Tensor linear(const at::Tensor& x_q, const at::Tensor& x_scale, const at::Te
   if (int_mm_fits(M, N, K)) {
     const at::Tensor a8 = a_signed ? a2 : at::bitwise_xor(a2, 128).view(at::kChar);
     const at::Tensor dot = at::_int_mm(a8, w.t());  // [M, N] int32
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "epilogue", [&] {
+    visit_float(out_dtype, [&](auto tag) {
+      using Out = decltype(tag);
       epilogue_kernel<<<grid_for(M * N), kBlock, 0, stream()>>>(
-          dot.const_data_ptr<int32_t>(), M, N, ep, y.mutable_data_ptr<scalar_t>());
+          dot.const_data_ptr<int32_t>(), M, N, ep, y.mutable_data_ptr<Out>());
     });
     check_launch();
     return y;
@@ -251,8 +252,8 @@ at::Tensor linear(const at::Tensor& x_q, const at::Tensor& x_scale, const at::Te
               int64_t{65535} * kBN, " columns)");
   const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles));
   const bool vec = K % 16 == 0 && aligned16(a2.const_data_ptr()) && aligned16(w.const_data_ptr());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "linear", [&] {
-    using Out = scalar_t;
+  visit_float(out_dtype, [&](auto tag) {
+    using Out = decltype(tag);
     const auto launch = [&](const auto* a) {
       if (vec) {
         tc_linear_kernel<true><<<grid, kThreads, 0, stream()>>>(

@@ -9,7 +9,6 @@
 // per tensor version (checked_values.h), so the host waits for the GPU only
 // for values it has not seen; the parameters made here are recorded as valid.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -23,6 +22,7 @@
 #include "../checked_values.h"
 #include "../checks.h"
 #include "../quant_math.h"
+#include "../visit.h"
 #include "common.cuh"
 
 namespace torch_quant::cuda {
@@ -45,30 +45,60 @@ void remember_made_qparams(const at::Tensor& scale, const at::Tensor& zero_point
 }
 
 // Per-element quantization with parameters per channel: element i of the
-// contiguous data uses pair (i / inner) % channels.
-template <typename In, typename Q>
+// contiguous data uses pair (i / inner) % channels. kV elements per thread
+// step (one 16-byte load when kV > 1): the launcher takes kV > 1 only when x
+// is 16-byte aligned and a pack never straddles two channels (one channel,
+// or inner % kV == 0); the last n % kV elements go one by one.
+template <int kV, typename In, typename Q>
 __global__ void quantize_kernel(const In* __restrict__ x, Q* __restrict__ q, int64_t n,
                                 const float* __restrict__ scale, const int64_t* __restrict__ zp,
                                 int64_t channels, int64_t inner, float qmin, float qmax) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t c = channels == 1 ? 0 : (i / inner) % channels;
+  const int64_t packs = n / kV, items = packs + n % kV;
+  const auto one = [&](float v, int64_t c) {
     const float inv = 1.0f / scale[c];  // float32 reciprocal, as the CPU kernels and torch
-    q[i] = static_cast<Q>(
-        quantize_val(static_cast<float>(x[i]), inv, static_cast<float>(zp[c]), qmin, qmax));
+    return static_cast<Q>(quantize_val(v, inv, static_cast<float>(zp[c]), qmin, qmax));
+  };
+  for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < items;
+       j += int64_t{gridDim.x} * blockDim.x) {
+    if (j < packs) {
+      const int64_t i = j * kV, c = channels == 1 ? 0 : (i / inner) % channels;
+      const Pack<In, kV> in = reinterpret_cast<const Pack<In, kV>*>(x)[j];
+      Pack<Q, kV> out;
+#pragma unroll
+      for (int e = 0; e < kV; ++e) out.v[e] = one(static_cast<float>(in.v[e]), c);
+      reinterpret_cast<Pack<Q, kV>*>(q)[j] = out;
+    } else {
+      const int64_t i = packs * kV + (j - packs), c = channels == 1 ? 0 : (i / inner) % channels;
+      q[i] = one(static_cast<float>(x[i]), c);
+    }
   }
 }
 
-template <typename Q, typename Out>
+// The inverse, with kV outputs per step (one 16-byte store when kV > 1)
+// under the same conditions on q's alignment (kV bytes) and the channels.
+template <int kV, typename Q, typename Out>
 __global__ void dequantize_kernel(const Q* __restrict__ q, Out* __restrict__ x, int64_t n,
                                   const float* __restrict__ scale,
                                   const int64_t* __restrict__ zp, int64_t channels,
                                   int64_t inner) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t c = channels == 1 ? 0 : (i / inner) % channels;
-    x[i] = static_cast<Out>(
-        dequantize_val(static_cast<int>(q[i]), scale[c], static_cast<float>(zp[c])));
+  const int64_t packs = n / kV, items = packs + n % kV;
+  const auto one = [&](Q v, int64_t c) {
+    return static_cast<Out>(dequantize_val(static_cast<int>(v), scale[c],
+                                           static_cast<float>(zp[c])));
+  };
+  for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < items;
+       j += int64_t{gridDim.x} * blockDim.x) {
+    if (j < packs) {
+      const int64_t i = j * kV, c = channels == 1 ? 0 : (i / inner) % channels;
+      const Pack<Q, kV> in = reinterpret_cast<const Pack<Q, kV>*>(q)[j];
+      Pack<Out, kV> out;
+#pragma unroll
+      for (int e = 0; e < kV; ++e) out.v[e] = one(in.v[e], c);
+      reinterpret_cast<Pack<Out, kV>*>(x)[j] = out;
+    } else {
+      const int64_t i = packs * kV + (j - packs), c = channels == 1 ? 0 : (i / inner) % channels;
+      x[i] = one(q[i], c);
+    }
   }
 }
 
@@ -98,19 +128,27 @@ __global__ void channel_minmax_kernel(const In* __restrict__ x, int64_t outer, i
   }
 }
 
-// One block per row: finite min/max, the row's parameters, then its codes.
-template <typename In, typename Q>
+// One block per row: finite min/max, the row's parameters, then its codes,
+// kV elements per thread step (16-byte loads when kV > 1: the launcher makes
+// sure x is 16-byte aligned and k % kV == 0, so every row is too). The second
+// pass rereads the row, from L2 for any row that fits there.
+template <int kV, typename In, typename Q>
 __global__ void per_token_kernel(const In* __restrict__ x, Q* __restrict__ q, int64_t k,
                                  float* __restrict__ scale, int32_t* __restrict__ zp, int mode,
                                  int bits) {
-  const int64_t r = blockIdx.x;
-  const In* row = x + r * k;
+  const int64_t r = blockIdx.x, packs = k / kV;
+  const auto* row = reinterpret_cast<const Pack<In, kV>*>(x + r * k);
+  auto* out = reinterpret_cast<Pack<Q, kV>*>(q + r * k);
   float lo = INFINITY, hi = -INFINITY;
-  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-    const float v = static_cast<float>(row[j]);
-    if (is_finite(v)) {
-      lo = fminf(lo, v);
-      hi = fmaxf(hi, v);
+  for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
+    const Pack<In, kV> p = row[j];
+#pragma unroll
+    for (int e = 0; e < kV; ++e) {
+      const float v = static_cast<float>(p.v[e]);
+      if (is_finite(v)) {
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+      }
     }
   }
   block_minmax(lo, hi);  // every thread gets the row's range
@@ -121,10 +159,15 @@ __global__ void per_token_kernel(const In* __restrict__ x, Q* __restrict__ q, in
   }
   const QRange range = qrange(static_cast<Mode>(mode), bits);
   const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point);
-  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-    q[r * k + j] = static_cast<Q>(quantize_val(static_cast<float>(row[j]), inv, z,
-                                               static_cast<float>(range.qmin),
-                                               static_cast<float>(range.qmax)));
+  const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
+  for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
+    const Pack<In, kV> v = row[j];
+    Pack<Q, kV> c;
+#pragma unroll
+    for (int e = 0; e < kV; ++e) {
+      c.v[e] = static_cast<Q>(quantize_val(static_cast<float>(v.v[e]), inv, z, qmin, qmax));
+    }
+    out[j] = c;
   }
 }
 
@@ -146,9 +189,10 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_cuda(const at::Tensor& x_in,
   at::Tensor scale = at::empty(shape, x.options().dtype(at::kFloat));
   at::Tensor zero_point = at::empty(shape, x.options().dtype(at::kInt));
   if (layout.channels == 0) return {scale, zero_point};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "choose_qparams", [&] {
-    channel_minmax_kernel<scalar_t><<<layout.channels, kBlock, 0, stream()>>>(
-        x.const_data_ptr<scalar_t>(), layout.outer, layout.channels, layout.inner,
+  visit_float(x.scalar_type(), [&](auto tag) {
+    using In = decltype(tag);
+    channel_minmax_kernel<In><<<layout.channels, kBlock, 0, stream()>>>(
+        x.const_data_ptr<In>(), layout.outer, layout.channels, layout.inner,
         scale.mutable_data_ptr<float>(), zero_point.mutable_data_ptr<int32_t>(),
         static_cast<int>(mode), static_cast<int>(bits));
   });
@@ -173,13 +217,18 @@ at::Tensor quantize_cuda(const at::Tensor& x_in, const at::Tensor& scale,
   at::Tensor q = at::empty(x.sizes(), x.options().dtype(code_dtype(mode)));
   const int64_t n = x.numel();
   if (n == 0) return q;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize", [&] {
-    using In = scalar_t;
+  visit_float(x.scalar_type(), [&](auto tag) {
+    using In = decltype(tag);
     const auto launch = [&](auto* out) {
-      quantize_kernel<<<grid_for(n), kBlock, 0, stream()>>>(
-          x.const_data_ptr<In>(), out, n, s.const_data_ptr<float>(), z.const_data_ptr<int64_t>(),
-          layout.channels, layout.inner, static_cast<float>(range.qmin),
-          static_cast<float>(range.qmax));
+      constexpr int kV = kPack16<In>;
+      const bool vec = aligned_to(x.const_data_ptr(), 16) && aligned_to(out, kV) &&
+                       (layout.channels == 1 || layout.inner % kV == 0);
+      with_pack_size<kV>(vec, [&](auto v) {
+        quantize_kernel<decltype(v)::value><<<grid_for(n / v + n % v), kBlock, 0, stream()>>>(
+            x.const_data_ptr<In>(), out, n, s.const_data_ptr<float>(),
+            z.const_data_ptr<int64_t>(), layout.channels, layout.inner,
+            static_cast<float>(range.qmin), static_cast<float>(range.qmax));
+      });
     };
     if (mode == Mode::Symmetric) {
       launch(q.mutable_data_ptr<int8_t>());
@@ -207,12 +256,17 @@ at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale,
   at::Tensor x = at::empty(q.sizes(), q.options().dtype(out_dtype));
   const int64_t n = q.numel();
   if (n == 0) return x;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "dequantize", [&] {
-    using Out = scalar_t;
+  visit_float(out_dtype, [&](auto tag) {
+    using Out = decltype(tag);
     const auto launch = [&](const auto* in) {
-      dequantize_kernel<<<grid_for(n), kBlock, 0, stream()>>>(
-          in, x.mutable_data_ptr<Out>(), n, s.const_data_ptr<float>(),
-          z.const_data_ptr<int64_t>(), layout.channels, layout.inner);
+      constexpr int kV = kPack16<Out>;
+      const bool vec = aligned_to(in, kV) && aligned_to(x.const_data_ptr(), 16) &&
+                       (layout.channels == 1 || layout.inner % kV == 0);
+      with_pack_size<kV>(vec, [&](auto v) {
+        dequantize_kernel<decltype(v)::value><<<grid_for(n / v + n % v), kBlock, 0, stream()>>>(
+            in, x.mutable_data_ptr<Out>(), n, s.const_data_ptr<float>(),
+            z.const_data_ptr<int64_t>(), layout.channels, layout.inner);
+      });
     };
     if (code == at::kChar) {
       launch(q.const_data_ptr<int8_t>());
@@ -239,12 +293,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const cha
   at::Tensor zero_point = at::empty(row_shape, x.options().dtype(at::kInt));
   if (rows == 0) return {q, scale, zero_point};
   TORCH_CHECK(rows <= 0x7fffffff, op, ": more than 2^31 - 1 rows are not supported on CUDA");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "per_token", [&] {
-    using In = scalar_t;
+  visit_float(x.scalar_type(), [&](auto tag) {
+    using In = decltype(tag);
     const auto launch = [&](auto* out) {
-      per_token_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream()>>>(
-          x.const_data_ptr<In>(), out, k, scale.mutable_data_ptr<float>(),
-          zero_point.mutable_data_ptr<int32_t>(), static_cast<int>(mode), static_cast<int>(bits));
+      constexpr int kV = kPack16<In>;
+      const bool vec = aligned_to(x.const_data_ptr(), 16) && k % kV == 0 && aligned_to(out, kV);
+      with_pack_size<kV>(vec, [&](auto v) {
+        per_token_kernel<decltype(v)::value><<<static_cast<unsigned>(rows), kBlock, 0, stream()>>>(
+            x.const_data_ptr<In>(), out, k, scale.mutable_data_ptr<float>(),
+            zero_point.mutable_data_ptr<int32_t>(), static_cast<int>(mode),
+            static_cast<int>(bits));
+      });
     };
     if (mode == Mode::Symmetric) {
       launch(q.mutable_data_ptr<int8_t>());

@@ -1,5 +1,5 @@
-// Dtype dispatch for the CPU ops: call a generic lambda with a value of the
-// C++ type that stores a tensor's elements.
+// Dtype dispatch for the CPU and CUDA ops: call a generic lambda with a value of
+// the C++ type that stores a tensor's elements.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
-namespace torch_quant::cpu {
+namespace torch_quant {
 
 // float32, float16 or bfloat16 (the ops check the dtype before).
 template <typename F>
@@ -30,4 +30,4 @@ void visit_code(at::ScalarType t, const F& f) {
   f(uint8_t{});
 }
 
-}  // namespace torch_quant::cpu
+}  // namespace torch_quant
