@@ -1,4 +1,4 @@
-"""Speed of the torch_quant CPU operators against PyTorch baselines, as ratios.
+"""Speed of the torch_quant operators against PyTorch baselines, as ratios.
 
 Run ``python -m torch_quant.bench`` (``--help`` for the flags). Every number in
 the output comes from this one run: the baselines are measured next to our ops,
@@ -75,6 +75,9 @@ linear
     per shape: 11 (M <= 16) or 5 (M = 256) unless ``--repeat`` is given; the
     slow baselines get fewer (about 6 s of calls per shape) and are skipped
     where one call takes, or is predicted to take, more than 5 s.
+cuda
+    the CUDA kernels against a device copy and bfloat16 cuBLAS, on the first
+    GPU (torch_quant/bench_cuda.py has the details); skipped without one.
 
 The goals block at the end checks the project's targets for per-tensor
 quantize (effective bandwidth >= 0.7 x copy bandwidth; at least as fast as
@@ -991,6 +994,15 @@ def _l3_cache() -> Optional[str]:
     return None
 
 
+def _section_cuda(cfg: Config) -> SectionResult:
+    from torch_quant.bench_cuda import section  # imports this module
+
+    # Parameters made in inference mode have no version counter, so the CUDA
+    # ops would check their values (a device sync) on every call.
+    with torch.inference_mode(False), torch.no_grad():
+        return section(cfg)
+
+
 @dataclass
 class Section:
     name: str
@@ -1007,6 +1019,8 @@ SECTIONS: List[Section] = [
             _section_isa),
     Section("linear", "dynamic_quantized_linear (W8A8) vs fp32 F.linear and torch's int8 paths",
             _section_linear),
+    Section("cuda", "the CUDA kernels vs a device copy and bf16 cuBLAS (skipped without a GPU)",
+            lambda cfg: _section_cuda(cfg)),
 ]
 
 
@@ -1106,6 +1120,12 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 
 def _cell(row: Row, col: str) -> str:
+    if col == "median us":
+        return _fmt(None if row.median is None else row.median * 1e6, ".1f")
+    if col == "IQR us":
+        return _fmt(None if row.iqr is None else row.iqr * 1e6, ".1f")
+    if col == "TOP/s":
+        return _fmt(row.extra.get("tops"), ".1f")
     if col == "median ms":
         return _fmt(None if row.median is None else row.median * 1e3, ".2f")
     if col == "IQR ms":
@@ -1143,6 +1163,8 @@ def format_section(res: SectionResult) -> str:
             parts.append(c.ljust(w) if i == 0 or header[i] == "vs" else c.rjust(w))
         return "  ".join(parts).rstrip()
 
+    if not res.rows:  # a section that measured nothing (e.g. cuda without a GPU)
+        return "\n".join([f"== {res.name}: {res.title}"] + [f"   note: {n}" for n in res.notes])
     out = [f"== {res.name}: {res.title}", f"   {res.ratio_meaning}"]
     out += [line(header), line(["-" * w for w in widths])]
     out += [line(b) for b in body]
@@ -1172,7 +1194,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     names = [s.name for s in SECTIONS]
     p = argparse.ArgumentParser(
         prog="python -m torch_quant.bench",
-        description="Speed of torch_quant's CPU ops against PyTorch baselines, as ratios "
+        description="Speed of torch_quant's ops against PyTorch baselines, as ratios "
         "of medians measured in this run.",
         epilog="sections: " + "; ".join(f"{s.name}: {s.help}" for s in SECTIONS),
     )
