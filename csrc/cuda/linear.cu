@@ -11,7 +11,9 @@
 //     bit for bit, so this path writes and reads the int32 product once more;
 //   - otherwise our own kernel (WMMA 16x16x16 int8 fragments, 64 x 64 outputs
 //     per block) with the epilogue fused: any M, N, K, no extra int32 pass.
-// Nothing here has been timed.
+// dynamic_quantized_linear runs the per-token kernel first; it writes
+// asymmetric codes already as int8 u - 128 (zero point - 128), so neither
+// path flips them. Nothing here has been timed.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <mma.h>
@@ -37,9 +39,12 @@
 
 namespace torch_quant::cuda {
 
+// csrc/cuda/quantize.cu: int8_codes hands asymmetric codes over as int8
+// (u - 128, zero point - 128), which both GEMMs take without a flip.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const char* op,
                                                                       const at::Tensor& x,
-                                                                      Mode mode, int64_t bits);
+                                                                      Mode mode, int64_t bits,
+                                                                      bool int8_codes);
 
 namespace {
 
@@ -301,7 +306,10 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
   const int64_t N = check_linear_weight(op, x_in, w_q, w_scale, bias, w_sum);
   check_scale_values_once(op, w_scale, "w_scale");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto [q, scale, zp] = quantize_per_token_impl(op, x_in, mode, 8);
+  // Two kernels: the per-token one writes int8 codes (asymmetric ones as
+  // u - 128, so no flip pass is needed) and each row's scale and zero point;
+  // the GEMM reads them with the epilogue fused (on our kernel's path).
+  const auto [q, scale, zp] = quantize_per_token_impl(op, x_in, mode, 8, /*int8_codes=*/true);
   // Symmetric rows have zero point 0: w_sum is only needed for asymmetric.
   return linear(q, scale.reshape({-1}), zp.reshape({-1}), mode == Mode::Asymmetric,
                 w_q.contiguous(), w_sum, w_scale.to(at::kFloat).contiguous(), bias,

@@ -131,11 +131,13 @@ __global__ void channel_minmax_kernel(const In* __restrict__ x, int64_t outer, i
 // One block per row: finite min/max, the row's parameters, then its codes,
 // kV elements per thread step (16-byte loads when kV > 1: the launcher makes
 // sure x is 16-byte aligned and k % kV == 0, so every row is too). The second
-// pass rereads the row, from L2 for any row that fits there.
+// pass rereads the row, from L2 for any row that fits there. Codes and zero
+// points are stored minus `offset` (0, or 128 to hand uint8 codes to an int8
+// GEMM as x - 128: see quantize_per_token_impl).
 template <int kV, typename In, typename Q>
 __global__ void per_token_kernel(const In* __restrict__ x, Q* __restrict__ q, int64_t k,
                                  float* __restrict__ scale, int32_t* __restrict__ zp, int mode,
-                                 int bits) {
+                                 int bits, int offset) {
   const int64_t r = blockIdx.x, packs = k / kV;
   const auto* row = reinterpret_cast<const Pack<In, kV>*>(x + r * k);
   auto* out = reinterpret_cast<Pack<Q, kV>*>(q + r * k);
@@ -155,7 +157,7 @@ __global__ void per_token_kernel(const In* __restrict__ x, Q* __restrict__ q, in
   const QParams p = compute_qparams(lo, hi, static_cast<Mode>(mode), bits);
   if (threadIdx.x == 0) {
     scale[r] = p.scale;
-    zp[r] = p.zero_point;
+    zp[r] = p.zero_point - offset;
   }
   const QRange range = qrange(static_cast<Mode>(mode), bits);
   const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point);
@@ -165,7 +167,8 @@ __global__ void per_token_kernel(const In* __restrict__ x, Q* __restrict__ q, in
     Pack<Q, kV> c;
 #pragma unroll
     for (int e = 0; e < kV; ++e) {
-      c.v[e] = static_cast<Q>(quantize_val(static_cast<float>(v.v[e]), inv, z, qmin, qmax));
+      c.v[e] = static_cast<Q>(
+          quantize_val(static_cast<float>(v.v[e]), inv, z, qmin, qmax) - offset);
     }
     out[j] = c;
   }
@@ -282,13 +285,18 @@ at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const char* op,
                                                                       const at::Tensor& x_in,
-                                                                      Mode mode, int64_t bits) {
+                                                                      Mode mode, int64_t bits,
+                                                                      bool int8_codes) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const auto row_shape = x.sizes().slice(0, x.dim() - 1);
   const int64_t k = x.size(-1);
   const int64_t rows = c10::multiply_integers(row_shape);
-  at::Tensor q = at::empty(x.sizes(), x.options().dtype(code_dtype(mode)));
+  // Asymmetric codes u in [0, 255] with zero point z go out as int8 u - 128
+  // and z - 128 when int8_codes: sum_k (u - z) w is unchanged.
+  const bool shift = int8_codes && mode == Mode::Asymmetric;
+  const int offset = shift ? 128 : 0;
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(shift ? at::kChar : code_dtype(mode)));
   at::Tensor scale = at::empty(row_shape, x.options().dtype(at::kFloat));
   at::Tensor zero_point = at::empty(row_shape, x.options().dtype(at::kInt));
   if (rows == 0) return {q, scale, zero_point};
@@ -302,10 +310,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const cha
         per_token_kernel<decltype(v)::value><<<static_cast<unsigned>(rows), kBlock, 0, stream()>>>(
             x.const_data_ptr<In>(), out, k, scale.mutable_data_ptr<float>(),
             zero_point.mutable_data_ptr<int32_t>(), static_cast<int>(mode),
-            static_cast<int>(bits));
+            static_cast<int>(bits), offset);
       });
     };
-    if (mode == Mode::Symmetric) {
+    if (q.scalar_type() == at::kChar) {
       launch(q.mutable_data_ptr<int8_t>());
     } else {
       launch(q.mutable_data_ptr<uint8_t>());
@@ -324,7 +332,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cuda(
   check_bits(op, bits);
   check_float_input(op, "x", x_in);
   TORCH_CHECK(x_in.dim() >= 1, op, ": x must have at least 1 dimension, got a 0-dim tensor");
-  auto out = quantize_per_token_impl(op, x_in, mode, bits);
+  auto out = quantize_per_token_impl(op, x_in, mode, bits, /*int8_codes=*/false);
   remember_made_qparams(std::get<1>(out), std::get<2>(out), mode, bits);
   return out;
 }
