@@ -17,6 +17,7 @@
 #include <optional>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../checked_values.h"
@@ -44,63 +45,54 @@ void remember_made_qparams(const at::Tensor& scale, const at::Tensor& zero_point
   }
 }
 
-// Per-element quantization with parameters per channel: element i of the
-// contiguous data uses pair (i / inner) % channels. kV elements per thread
-// step (one 16-byte load when kV > 1): the launcher takes kV > 1 only when x
-// is 16-byte aligned and a pack never straddles two channels (one channel,
-// or inner % kV == 0); the last n % kV elements go one by one.
-template <int kV, typename In, typename Q>
-__global__ void quantize_kernel(const In* __restrict__ x, Q* __restrict__ q, int64_t n,
-                                const float* __restrict__ scale, const int64_t* __restrict__ zp,
-                                int64_t channels, int64_t inner, float qmin, float qmax) {
+// dst[i] = f(src[i], c) over contiguous data whose element i uses parameter
+// pair c = (i / inner) % channels. kV elements per thread step: one 16-byte
+// load or store on the float side when kV > 1, which the launchers take only
+// when the data is aligned and a pack never straddles two channels (one
+// channel, or inner % kV == 0); the last n % kV elements go one by one.
+template <int kV, typename In, typename Out, typename F>
+__global__ void per_channel_map_kernel(const In* __restrict__ src, Out* __restrict__ dst,
+                                       int64_t n, int64_t channels, int64_t inner, F f) {
   const int64_t packs = n / kV, items = packs + n % kV;
-  const auto one = [&](float v, int64_t c) {
-    const float inv = 1.0f / scale[c];  // float32 reciprocal, as the CPU kernels and torch
-    return static_cast<Q>(quantize_val(v, inv, static_cast<float>(zp[c]), qmin, qmax));
-  };
   for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < items;
        j += int64_t{gridDim.x} * blockDim.x) {
     if (j < packs) {
       const int64_t i = j * kV, c = channels == 1 ? 0 : (i / inner) % channels;
-      const Pack<In, kV> in = reinterpret_cast<const Pack<In, kV>*>(x)[j];
-      Pack<Q, kV> out;
+      const Pack<In, kV> in = reinterpret_cast<const Pack<In, kV>*>(src)[j];
+      Pack<Out, kV> out;
 #pragma unroll
-      for (int e = 0; e < kV; ++e) out.v[e] = one(static_cast<float>(in.v[e]), c);
-      reinterpret_cast<Pack<Q, kV>*>(q)[j] = out;
+      for (int e = 0; e < kV; ++e) out.v[e] = f(in.v[e], c);
+      reinterpret_cast<Pack<Out, kV>*>(dst)[j] = out;
     } else {
       const int64_t i = packs * kV + (j - packs), c = channels == 1 ? 0 : (i / inner) % channels;
-      q[i] = one(static_cast<float>(x[i]), c);
+      dst[i] = f(src[i], c);
     }
   }
 }
 
-// The inverse, with kV outputs per step (one 16-byte store when kV > 1)
-// under the same conditions on q's alignment (kV bytes) and the channels.
-template <int kV, typename Q, typename Out>
-__global__ void dequantize_kernel(const Q* __restrict__ q, Out* __restrict__ x, int64_t n,
-                                  const float* __restrict__ scale,
-                                  const int64_t* __restrict__ zp, int64_t channels,
-                                  int64_t inner) {
-  const int64_t packs = n / kV, items = packs + n % kV;
-  const auto one = [&](Q v, int64_t c) {
-    return static_cast<Out>(dequantize_val(static_cast<int>(v), scale[c],
-                                           static_cast<float>(zp[c])));
-  };
-  for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < items;
-       j += int64_t{gridDim.x} * blockDim.x) {
-    if (j < packs) {
-      const int64_t i = j * kV, c = channels == 1 ? 0 : (i / inner) % channels;
-      const Pack<Q, kV> in = reinterpret_cast<const Pack<Q, kV>*>(q)[j];
-      Pack<Out, kV> out;
-#pragma unroll
-      for (int e = 0; e < kV; ++e) out.v[e] = one(in.v[e], c);
-      reinterpret_cast<Pack<Out, kV>*>(x)[j] = out;
-    } else {
-      const int64_t i = packs * kV + (j - packs), c = channels == 1 ? 0 : (i / inner) % channels;
-      x[i] = one(q[i], c);
-    }
+template <typename Q>
+struct QuantizeFn {
+  const float* scale;
+  const int64_t* zp;
+  float qmin, qmax;
+  template <typename In>
+  __device__ __forceinline__ Q operator()(In x, int64_t c) const {
+    const float inv = 1.0f / scale[c];  // float32 reciprocal, as the CPU kernels and torch
+    return static_cast<Q>(
+        quantize_val(static_cast<float>(x), inv, static_cast<float>(zp[c]), qmin, qmax));
   }
-}
+};
+
+template <typename Out>
+struct DequantizeFn {
+  const float* scale;
+  const int64_t* zp;
+  template <typename Q>
+  __device__ __forceinline__ Out operator()(Q q, int64_t c) const {
+    return static_cast<Out>(
+        dequantize_val(static_cast<int>(q), scale[c], static_cast<float>(zp[c])));
+  }
+};
 
 // Finite min and max of each channel's values: one block per (channel, outer
 // slice) pair would need atomics on floats; instead one block per channel
@@ -226,11 +218,13 @@ at::Tensor quantize_cuda(const at::Tensor& x_in, const at::Tensor& scale,
       constexpr int kV = kPack16<In>;
       const bool vec = aligned_to(x.const_data_ptr(), 16) && aligned_to(out, kV) &&
                        (layout.channels == 1 || layout.inner % kV == 0);
+      using Q = std::remove_pointer_t<decltype(out)>;
+      const QuantizeFn<Q> f{s.const_data_ptr<float>(), z.const_data_ptr<int64_t>(),
+                            static_cast<float>(range.qmin), static_cast<float>(range.qmax)};
       with_pack_size<kV>(vec, [&](auto v) {
-        quantize_kernel<decltype(v)::value><<<grid_for(n / v + n % v), kBlock, 0, stream()>>>(
-            x.const_data_ptr<In>(), out, n, s.const_data_ptr<float>(),
-            z.const_data_ptr<int64_t>(), layout.channels, layout.inner,
-            static_cast<float>(range.qmin), static_cast<float>(range.qmax));
+        per_channel_map_kernel<decltype(v)::value>
+            <<<grid_for(n / v + n % v), kBlock, 0, stream()>>>(x.const_data_ptr<In>(), out, n,
+                                                               layout.channels, layout.inner, f);
       });
     };
     if (mode == Mode::Symmetric) {
@@ -265,10 +259,11 @@ at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale,
       constexpr int kV = kPack16<Out>;
       const bool vec = aligned_to(in, kV) && aligned_to(x.const_data_ptr(), 16) &&
                        (layout.channels == 1 || layout.inner % kV == 0);
+      const DequantizeFn<Out> f{s.const_data_ptr<float>(), z.const_data_ptr<int64_t>()};
       with_pack_size<kV>(vec, [&](auto v) {
-        dequantize_kernel<decltype(v)::value><<<grid_for(n / v + n % v), kBlock, 0, stream()>>>(
-            in, x.mutable_data_ptr<Out>(), n, s.const_data_ptr<float>(),
-            z.const_data_ptr<int64_t>(), layout.channels, layout.inner);
+        per_channel_map_kernel<decltype(v)::value>
+            <<<grid_for(n / v + n % v), kBlock, 0, stream()>>>(
+                in, x.mutable_data_ptr<Out>(), n, layout.channels, layout.inner, f);
       });
     };
     if (code == at::kChar) {
