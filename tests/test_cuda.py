@@ -222,10 +222,11 @@ def test_quantized_model_runs_on_cuda_without_waiting():
         q = tq.quantize_model(copy.deepcopy(model), act_mode=act_mode)
         want = q(x)
         q.cuda()
-        assert torch.equal(q(x.cuda()).cpu(), want)  # first call: reads the scales once
+        x_gpu = x.cuda()  # a copy from pageable memory waits: not in the checked region
+        assert torch.equal(q(x_gpu).cpu(), want)  # first call: reads the scales once
         torch.cuda.set_sync_debug_mode("error")
         try:
-            got = q(x.cuda())
+            got = q(x_gpu)
         finally:
             torch.cuda.set_sync_debug_mode(0)
         assert torch.equal(got.cpu(), want)
