@@ -79,6 +79,24 @@ def test_quantize_ops_match_cpu(offset, mode, dtype, shape, axis):
 
 
 @gpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+# Large channels are spread over many blocks (then one block per channel
+# reduces their partial ranges): per tensor with a tail, contiguous channels
+# with and without 16-byte packs, strided channels.
+@pytest.mark.parametrize("shape,axis", [((2**20 + 3,), None), ((3, 2**18 + 5), 0),
+                                        ((4, 2**18), 0), ((2**16 + 1, 4), 1),
+                                        ((2, 2**17, 3), 1)])
+def test_choose_qparams_split_over_blocks_matches_cpu(mode, dtype, shape, axis):
+    x = _x(shape, dtype)
+    flat = x.view(-1)
+    flat[-1], flat[flat.numel() // 2 + 1] = 1000.0, -2000.0  # extremes far from the start
+    s_cpu, z_cpu = tq.choose_qparams(x, mode, axis)
+    s_gpu, z_gpu = tq.choose_qparams(x.cuda(), mode, axis)
+    assert torch.equal(s_gpu.cpu(), s_cpu) and torch.equal(z_gpu.cpu(), z_cpu)
+
+
+@gpu
 @pytest.mark.parametrize("offset", [0, 1])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

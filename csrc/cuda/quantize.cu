@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <optional>
 #include <string_view>
@@ -94,23 +95,59 @@ struct DequantizeFn {
   }
 };
 
-// Finite min and max of each channel's values: one block per (channel, outer
-// slice) pair would need atomics on floats; instead one block per channel
-// walks all of its elements ([outer, channels, inner] layout).
-template <typename In>
+// choose_qparams in two steps, so that one channel (a whole tensor, per
+// tensor) is spread over many blocks: block (c, s) of a grid (channels,
+// splits) takes elements s, s + splits, ... (in steps of a block) of channel
+// c and writes their finite min and max to part_*[c * splits + s]; then one
+// block per channel reduces its splits and computes the parameters. min and
+// max are exact, so the result does not depend on the split.
+// kV > 1 (16-byte loads) when each channel is one aligned contiguous run:
+// outer == 1 and (channels == 1 or inner % kV == 0).
+template <int kV, typename In>
 __global__ void channel_minmax_kernel(const In* __restrict__ x, int64_t outer, int64_t channels,
-                                      int64_t inner, float* __restrict__ scale,
-                                      int32_t* __restrict__ zp, int mode, int bits) {
-  const int64_t c = blockIdx.x;
+                                      int64_t inner, float* __restrict__ part_lo,
+                                      float* __restrict__ part_hi) {
+  const int64_t c = blockIdx.x, splits = gridDim.y;
+  const int64_t first = blockIdx.y * int64_t{blockDim.x} + threadIdx.x,
+                step = splits * blockDim.x;
   float lo = INFINITY, hi = -INFINITY;
-  const int64_t per_channel = outer * inner;
-  for (int64_t j = threadIdx.x; j < per_channel; j += blockDim.x) {
-    const int64_t o = j / inner, i = j % inner;
-    const float v = static_cast<float>(x[(o * channels + c) * inner + i]);
+  const auto take = [&](float v) {
     if (is_finite(v)) {
       lo = fminf(lo, v);
       hi = fmaxf(hi, v);
     }
+  };
+  if constexpr (kV > 1) {
+    const In* run = x + c * inner;
+    const int64_t packs = inner / kV;
+    for (int64_t j = first; j < packs; j += step) {
+      const Pack<In, kV> p = reinterpret_cast<const Pack<In, kV>*>(run)[j];
+#pragma unroll
+      for (int e = 0; e < kV; ++e) take(static_cast<float>(p.v[e]));
+    }
+    for (int64_t i = packs * kV + first; i < inner; i += step) take(static_cast<float>(run[i]));
+  } else {
+    for (int64_t j = first; j < outer * inner; j += step) {
+      const int64_t o = j / inner, i = j % inner;
+      take(static_cast<float>(x[(o * channels + c) * inner + i]));
+    }
+  }
+  block_minmax(lo, hi);
+  if (threadIdx.x == 0) {
+    part_lo[c * splits + blockIdx.y] = lo;
+    part_hi[c * splits + blockIdx.y] = hi;
+  }
+}
+
+__global__ void channel_qparams_kernel(const float* __restrict__ part_lo,
+                                       const float* __restrict__ part_hi, int splits,
+                                       float* __restrict__ scale, int32_t* __restrict__ zp,
+                                       int mode, int bits) {
+  const int64_t c = blockIdx.x;
+  float lo = INFINITY, hi = -INFINITY;
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+    lo = fminf(lo, part_lo[c * splits + s]);
+    hi = fmaxf(hi, part_hi[c * splits + s]);
   }
   block_minmax(lo, hi);
   if (threadIdx.x == 0) {
@@ -184,13 +221,32 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_cuda(const at::Tensor& x_in,
   at::Tensor scale = at::empty(shape, x.options().dtype(at::kFloat));
   at::Tensor zero_point = at::empty(shape, x.options().dtype(at::kInt));
   if (layout.channels == 0) return {scale, zero_point};
+  // Enough blocks for about 8 per multiprocessor, each with at least 4
+  // elements per thread.
+  const int64_t per_channel = layout.outer * layout.inner;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t splits = std::clamp<int64_t>(
+      std::min((8 * sms + layout.channels - 1) / layout.channels,
+               (per_channel + 4 * kBlock - 1) / (4 * kBlock)),
+      1, 4096);
+  const at::Tensor part = at::empty({2, layout.channels * splits}, scale.options());
+  float* part_lo = part.mutable_data_ptr<float>();
+  float* part_hi = part_lo + layout.channels * splits;
   visit_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
-    channel_minmax_kernel<In><<<layout.channels, kBlock, 0, stream()>>>(
-        x.const_data_ptr<In>(), layout.outer, layout.channels, layout.inner,
-        scale.mutable_data_ptr<float>(), zero_point.mutable_data_ptr<int32_t>(),
-        static_cast<int>(mode), static_cast<int>(bits));
+    constexpr int kV = kPack16<In>;
+    const bool vec = layout.outer == 1 && aligned_to(x.const_data_ptr(), 16) &&
+                     (layout.channels == 1 || layout.inner % kV == 0);
+    const dim3 grid(static_cast<unsigned>(layout.channels), static_cast<unsigned>(splits));
+    with_pack_size<kV>(vec, [&](auto v) {
+      channel_minmax_kernel<decltype(v)::value><<<grid, kBlock, 0, stream()>>>(
+          x.const_data_ptr<In>(), layout.outer, layout.channels, layout.inner, part_lo, part_hi);
+    });
   });
+  check_launch();
+  channel_qparams_kernel<<<static_cast<unsigned>(layout.channels), kBlock, 0, stream()>>>(
+      part_lo, part_hi, static_cast<int>(splits), scale.mutable_data_ptr<float>(),
+      zero_point.mutable_data_ptr<int32_t>(), static_cast<int>(mode), static_cast<int>(bits));
   check_launch();
   remember_made_qparams(scale, zero_point, mode, bits);
   return {scale, zero_point};
