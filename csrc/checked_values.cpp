@@ -11,6 +11,11 @@
 #include "checks.h"
 #include "tensor_version.h"
 
+#ifdef TORCH_QUANT_WITH_CUDA
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace torch_quant {
 namespace {
 
@@ -54,6 +59,22 @@ Entry* find_or_add(const at::Tensor& t) {
   return &entries.emplace(TensorVersion::key(t), Entry{std::move(*version)}).first->second;
 }
 
+// Values cannot be copied to the host while the tensor's stream is being
+// captured into a CUDA graph: say what to do instead of failing in the copy.
+void check_not_capturing(const char* op, const at::Tensor& t, const char* name) {
+#ifdef TORCH_QUANT_WITH_CUDA
+  if (t.is_cuda()) {
+    const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream(t.device().index());
+    TORCH_CHECK(!c10::cuda::isStreamCapturingMayInitCtx(stream.stream()), op, ": the values of ",
+                name, " must be checked once before a CUDA graph capture that uses them (they "
+                "cannot be read during it): call the op with this tensor once before capturing. "
+                "Parameters made by torch_quant ops need no check");
+  }
+#else
+  (void)op, (void)t, (void)name;
+#endif
+}
+
 }  // namespace
 
 void check_scale_values_once(const char* op, const at::Tensor& scale, const char* name) {
@@ -62,6 +83,7 @@ void check_scale_values_once(const char* op, const at::Tensor& scale, const char
     const Entry* e = find(scale);
     if (e != nullptr && e->scale_ok) return;
   }
+  check_not_capturing(op, scale, name);
   ++host_reads;
   checked_scale_values(op, scale, name);  // throws with the message of the CPU ops
   remember_valid_scale(scale);
@@ -80,6 +102,7 @@ std::pair<int64_t, int64_t> check_zero_point_values_once(const char* op,
   }
   // Not known to fit this range: read the values (again), so that an
   // offending one is named with its index.
+  check_not_capturing(op, zero_point, name);
   ++host_reads;
   const at::Tensor z = checked_zero_point_values(op, zero_point, range, name);
   const int64_t* p = z.const_data_ptr<int64_t>();

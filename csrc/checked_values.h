@@ -9,7 +9,8 @@
 // choose_qparams / quantize_per_token are recorded as valid when they are
 // made. So a model's scale buffers are read once, and a pipeline of our own
 // ops never waits; only a tensor seen for the first time (or an inference
-// tensor, which has no version counter) costs a copy to the host.
+// tensor, which has no version counter) costs a copy to the host, which is
+// refused with a clear error during a CUDA graph capture.
 //
 // Device-agnostic (it is exercised on CPU tensors by tests/test_checked_values.py);
 // the messages are those of checks.h, which the first check calls.

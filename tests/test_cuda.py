@@ -279,3 +279,42 @@ def test_bad_values_raise_the_cpu_error(case):
         case("cuda")
     assert str(on_gpu.value).splitlines()[0] == str(on_cpu.value).splitlines()[0]
     torch.cuda.synchronize()  # the device is still usable
+
+
+@gpu
+def test_cuda_graph_capture_and_replay():
+    """Once its parameters were checked, a pipeline of our ops can be captured
+    into a CUDA graph and replayed; a parameter never seen before is refused
+    during capture with an error that says what to do."""
+    x = _x((8, 64)).nan_to_num().cuda()
+    g = torch.Generator().manual_seed(5)
+    w_q = torch.randint(-127, 128, (32, 64), generator=g).to(torch.int8).cuda()
+    ws = (torch.rand(32, generator=g) + 0.01).cuda()
+    w_sum = w_q.sum(1, dtype=torch.int32)
+
+    def f(t, w_scale):
+        s, z = tq.choose_qparams(t, "asymmetric", 0)
+        d = tq.dequantize(tq.quantize(t, s, z, "asymmetric", 0), s, z, 0)
+        qt, st, zt = tq.quantize_per_token(t, "asymmetric")
+        return (d, tq.quantized_linear(qt, st, zt, w_q, w_scale, None, w_sum),
+                tq.dynamic_quantized_linear(t, w_q, w_scale, None, w_sum, "symmetric"))
+
+    static_x = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (and check ws) outside the capture
+        f(static_x, ws)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = f(static_x, ws)
+    static_x.copy_(x * 0.5)
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(outs, f(x * 0.5, ws)):
+        assert torch.equal(got, want)
+
+    unseen = ws.clone()
+    with pytest.raises(RuntimeError, match="checked once before a CUDA graph capture"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            f(static_x, unseen)
