@@ -33,6 +33,13 @@ std::mutex mu;
 std::unordered_map<const c10::TensorImpl*, Entry> entries;
 std::atomic<int64_t> host_reads{0};
 
+// Drops the entries of tensors that are gone. Needs mu.
+void drop_expired() {
+  for (auto it = entries.begin(); it != entries.end();) {
+    it = it->second.version.expired() ? entries.erase(it) : std::next(it);
+  }
+}
+
 // The entry for t's current contents, or nullptr. Needs mu.
 Entry* find(const at::Tensor& t) {
   auto it = entries.find(TensorVersion::key(t));
@@ -51,9 +58,7 @@ Entry* find_or_add(const at::Tensor& t) {
   std::optional<TensorVersion> version = TensorVersion::of(t);
   if (!version.has_value()) return nullptr;
   if (entries.size() >= kMaxEntries) {
-    for (auto it = entries.begin(); it != entries.end();) {
-      it = it->second.version.expired() ? entries.erase(it) : std::next(it);
-    }
+    drop_expired();
     if (entries.size() >= kMaxEntries) entries.clear();
   }
   return &entries.emplace(TensorVersion::key(t), Entry{std::move(*version)}).first->second;
@@ -132,9 +137,7 @@ void clear_checked_values() {
 
 std::pair<int64_t, int64_t> checked_values_info() {
   std::lock_guard<std::mutex> lock(mu);
-  for (auto it = entries.begin(); it != entries.end();) {
-    it = it->second.version.expired() ? entries.erase(it) : std::next(it);
-  }
+  drop_expired();
   return {static_cast<int64_t>(entries.size()), host_reads.load()};
 }
 

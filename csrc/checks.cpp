@@ -158,6 +158,26 @@ void check_linear_activation(const char* op, const at::Tensor& x_q,
                 "x_zero_point");
 }
 
+ChooseQparamsArgs check_choose_qparams_args(const char* op, const at::Tensor& x,
+                                            std::string_view mode_name,
+                                            std::optional<int64_t> axis, int64_t bits) {
+  const Mode mode = parse_mode(op, mode_name);
+  check_bits(op, bits);
+  check_float_input(op, "x", x);
+  const ParamLayout layout = axis.has_value() ? channel_layout(x, normalize_axis(op, x, *axis))
+                                              : ParamLayout{1, 1, x.numel()};
+  return {mode, layout};
+}
+
+Mode check_quantize_per_token_args(const char* op, const at::Tensor& x,
+                                   std::string_view mode_name, int64_t bits) {
+  const Mode mode = parse_mode(op, mode_name);
+  check_bits(op, bits);
+  check_float_input(op, "x", x);
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension, got a 0-dim tensor");
+  return mode;
+}
+
 QuantizeArgs check_quantize_args(const char* op, const at::Tensor& x, const at::Tensor& scale,
                                  const at::Tensor& zero_point, std::string_view mode_name,
                                  std::optional<int64_t> axis, int64_t bits, ValueCheck values) {
@@ -220,6 +240,21 @@ QuantizedLinearArgs check_quantized_linear_args(
   const int32_t* zp = xz.const_data_ptr<int32_t>();
   const bool any_zp = std::any_of(zp, zp + xz.numel(), [](int32_t z) { return z != 0; });
   return {N, dtype, a_signed, xs, xz, std::move(ws), any_zp};
+}
+
+DynamicLinearArgs check_dynamic_quantized_linear_args(
+    const char* op, const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
+    std::string_view act_mode, ValueCheck values) {
+  const Mode mode = parse_mode(op, act_mode, "act_mode");
+  check_float_input(op, "x", x);
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have shape [*, K], got a 0-dim tensor");
+  const int64_t N = check_linear_weight(op, x, w_q, w_scale, bias, w_sum);
+  if (values == ValueCheck::Once) {
+    check_scale_values_once(op, w_scale, "w_scale");
+    return {mode, N, at::Tensor()};
+  }
+  return {mode, N, checked_scale_values(op, w_scale, "w_scale")};
 }
 
 }  // namespace torch_quant

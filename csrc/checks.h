@@ -99,6 +99,20 @@ enum class ValueCheck {
   Once,
 };
 
+// Every check of choose_qparams' arguments, shared by its CPU and CUDA
+// kernels: mode, bits, x, axis; the layout of the parameters it returns.
+struct ChooseQparamsArgs {
+  Mode mode;
+  ParamLayout layout;
+};
+ChooseQparamsArgs check_choose_qparams_args(const char* op, const at::Tensor& x,
+                                            std::string_view mode, std::optional<int64_t> axis,
+                                            int64_t bits);
+
+// The same for quantize_per_token: mode, bits, x with at least one dim.
+Mode check_quantize_per_token_args(const char* op, const at::Tensor& x, std::string_view mode,
+                                   int64_t bits);
+
 // Every check of quantize's arguments, shared by its CPU and CUDA kernels:
 // mode, bits, x, the parameters' layout and values. With ValueCheck::Read,
 // scale and zero_point are the values as contiguous float32 / int64 CPU
@@ -139,5 +153,18 @@ QuantizedLinearArgs check_quantized_linear_args(
     const at::Tensor& x_zero_point, const at::Tensor& w_q, const at::Tensor& w_scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
     std::optional<at::ScalarType> out_dtype, ValueCheck values);
+
+// The same for dynamic_quantized_linear: act_mode, x, the weight side and
+// w_scale's values; w_scale is those values as a float32 CPU tensor with
+// ValueCheck::Read, undefined with Once.
+struct DynamicLinearArgs {
+  Mode mode;
+  int64_t N;
+  at::Tensor w_scale;
+};
+DynamicLinearArgs check_dynamic_quantized_linear_args(
+    const char* op, const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
+    std::string_view act_mode, ValueCheck values);
 
 }  // namespace torch_quant

@@ -164,12 +164,9 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
                                         const std::optional<at::Tensor>& bias,
                                         const std::optional<at::Tensor>& w_sum,
                                         std::string_view act_mode) {
-  constexpr const char* op = "torch_quant.dynamic_quantized_linear";
-  const Mode mode = parse_mode(op, act_mode, "act_mode");
-  check_float_input(op, "x", x_in);
-  TORCH_CHECK(x_in.dim() >= 1, op, ": x must have shape [*, K], got a 0-dim tensor");
-  const int64_t N = check_linear_weight(op, x_in, w_q, w_scale, bias, w_sum);
-  const at::Tensor ws = checked_scale_values(op, w_scale, "w_scale");
+  const auto [mode, N, ws] =
+      check_dynamic_quantized_linear_args("torch_quant.dynamic_quantized_linear", x_in, w_q,
+                                          w_scale, bias, w_sum, act_mode, ValueCheck::Read);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = w_q.contiguous();
   const int64_t K = x.size(-1);

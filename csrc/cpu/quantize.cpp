@@ -102,14 +102,9 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_cpu(const at::Tensor& x_in,
                                                       std::string_view mode_name,
                                                       std::optional<int64_t> axis,
                                                       int64_t bits) {
-  constexpr const char* op = "torch_quant.choose_qparams";
-  const Mode mode = parse_mode(op, mode_name);
-  check_bits(op, bits);
-  check_float_input(op, "x", x_in);
+  const auto [mode, layout] =
+      check_choose_qparams_args("torch_quant.choose_qparams", x_in, mode_name, axis, bits);
   const at::Tensor x = x_in.contiguous();
-  const ParamLayout layout = axis.has_value()
-      ? channel_layout(x, normalize_axis(op, x, *axis))
-      : ParamLayout{1, 1, x.numel()};
   std::vector<float> lo(layout.channels, INFINITY), hi(layout.channels, -INFINITY);
   visit_float(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
@@ -202,11 +197,8 @@ at::Tensor dequantize_cpu(const at::Tensor& q_in, const at::Tensor& scale,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cpu(
     const at::Tensor& x_in, std::string_view mode_name, int64_t bits) {
-  constexpr const char* op = "torch_quant.quantize_per_token";
-  const Mode mode = parse_mode(op, mode_name);
-  check_bits(op, bits);
-  check_float_input(op, "x", x_in);
-  TORCH_CHECK(x_in.dim() >= 1, op, ": x must have at least 1 dimension, got a 0-dim tensor");
+  const Mode mode =
+      check_quantize_per_token_args("torch_quant.quantize_per_token", x_in, mode_name, bits);
   const at::Tensor x = x_in.contiguous();
   const auto row_shape = x.sizes().slice(0, x.dim() - 1);
   const int64_t k = x.size(-1);

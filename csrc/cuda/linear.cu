@@ -300,11 +300,9 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
                                          const std::optional<at::Tensor>& w_sum,
                                          std::string_view act_mode) {
   constexpr const char* op = "torch_quant.dynamic_quantized_linear";
-  const Mode mode = parse_mode(op, act_mode, "act_mode");
-  check_float_input(op, "x", x_in);
-  TORCH_CHECK(x_in.dim() >= 1, op, ": x must have shape [*, K], got a 0-dim tensor");
-  const int64_t N = check_linear_weight(op, x_in, w_q, w_scale, bias, w_sum);
-  check_scale_values_once(op, w_scale, "w_scale");
+  const DynamicLinearArgs args = check_dynamic_quantized_linear_args(
+      op, x_in, w_q, w_scale, bias, w_sum, act_mode, ValueCheck::Once);
+  const Mode mode = args.mode;
   const c10::cuda::CUDAGuard guard(x_in.device());
   // Two kernels: the per-token one writes int8 codes (asymmetric ones as
   // u - 128, so no flip pass is needed) and each row's scale and zero point;
@@ -313,7 +311,7 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
   // Symmetric rows have zero point 0: w_sum is only needed for asymmetric.
   return linear(q, scale.reshape({-1}), zp.reshape({-1}), mode == Mode::Asymmetric,
                 w_q.contiguous(), w_sum, w_scale.to(at::kFloat).contiguous(), bias,
-                output_shape(x_in, N), x_in.scalar_type());
+                output_shape(x_in, args.N), x_in.scalar_type());
 }
 
 }  // namespace

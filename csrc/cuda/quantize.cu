@@ -207,15 +207,10 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_cuda(const at::Tensor& x_in,
                                                        std::string_view mode_name,
                                                        std::optional<int64_t> axis,
                                                        int64_t bits) {
-  constexpr const char* op = "torch_quant.choose_qparams";
-  const Mode mode = parse_mode(op, mode_name);
-  check_bits(op, bits);
-  check_float_input(op, "x", x_in);
+  const auto [mode, layout] =
+      check_choose_qparams_args("torch_quant.choose_qparams", x_in, mode_name, axis, bits);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
-  const ParamLayout layout = axis.has_value()
-      ? channel_layout(x, normalize_axis(op, x, *axis))
-      : ParamLayout{1, 1, x.numel()};
   const auto shape = axis.has_value() ? std::vector<int64_t>{layout.channels}
                                       : std::vector<int64_t>{};
   at::Tensor scale = at::empty(shape, x.options().dtype(at::kFloat));
@@ -379,10 +374,7 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cuda(
     const at::Tensor& x_in, std::string_view mode_name, int64_t bits) {
   constexpr const char* op = "torch_quant.quantize_per_token";
-  const Mode mode = parse_mode(op, mode_name);
-  check_bits(op, bits);
-  check_float_input(op, "x", x_in);
-  TORCH_CHECK(x_in.dim() >= 1, op, ": x must have at least 1 dimension, got a 0-dim tensor");
+  const Mode mode = check_quantize_per_token_args(op, x_in, mode_name, bits);
   auto out = quantize_per_token_impl(op, x_in, mode, bits, /*int8_codes=*/false);
   remember_made_qparams(std::get<1>(out), std::get<2>(out), mode, bits);
   return out;
