@@ -1,6 +1,7 @@
 #include "checks.h"
 
 #include "checked_values.h"
+#include "cpu/packed.h"
 
 #include <algorithm>
 #include <cmath>
@@ -108,16 +109,51 @@ std::pair<at::Tensor, at::Tensor> checked_qparam_values(const char* op, const at
   return {s, checked_zero_point_values(op, zero_point, range, zp_name)};
 }
 
+void check_pack_weight_args(const char* op, const at::Tensor& w_q) {
+  TORCH_CHECK(w_q.scalar_type() == at::kChar, op, ": w_q must be int8 (symmetric), got ",
+              w_q.scalar_type());
+  TORCH_CHECK(w_q.dim() == 2, op, ": w_q must have shape [N, K], got ", w_q.sizes());
+  TORCH_CHECK(w_q.size(1) <= kMaxLinearK, op, ": K = ", w_q.size(1), " is larger than ",
+              kMaxLinearK, ", the largest K whose int32 accumulator is exact");
+}
+
+void check_unpack_weight_args(const char* op, const at::Tensor& w_packed, int64_t K) {
+  TORCH_CHECK(w_packed.scalar_type() == at::kChar, op, ": w_packed must be int8, got ",
+              w_packed.scalar_type());
+  TORCH_CHECK(K >= 0 && K <= kMaxLinearK, op, ": K must be in [0, ", kMaxLinearK, "], got ", K);
+  TORCH_CHECK(w_packed.dim() == 3 && w_packed.size(1) == cpu::packed_groups(K) + 2 &&
+                  w_packed.size(2) == 4,
+              op, ": w_packed must have shape [N, ", cpu::packed_groups(K) + 2,
+              ", 4] (pack_weight of an [N, ", K, "] weight), got ", w_packed.sizes());
+}
+
+void check_plain_weight(const char* op, const at::Tensor& w_q) {
+  TORCH_CHECK(!is_packed_weight(w_q), op, ": a packed w_q (pack_weight) is a CPU layout; on ",
+              w_q.device(), " pass the plain [N, K] weight (unpack_weight; QuantLinear.to() "
+              "converts its own)");
+}
+
 int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tensor& w_q,
                             const at::Tensor& w_scale,
                             const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& w_sum) {
   TORCH_CHECK(w_q.scalar_type() == at::kChar, op, ": w_q must be int8 (symmetric), got ",
               w_q.scalar_type());
-  TORCH_CHECK(w_q.dim() == 2, op, ": w_q must have shape [N, K], got ", w_q.sizes());
-  const int64_t N = w_q.size(0), K = w_q.size(1);
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, op, ": K mismatch: w_q has shape ",
-              w_q.sizes(), " but the activations have shape ", x.sizes());
+  TORCH_CHECK(x.dim() >= 1, op, ": the activations must have shape [*, K], got a 0-dim tensor");
+  const int64_t N = w_q.dim() >= 1 ? w_q.size(0) : 0, K = x.size(-1);
+  if (is_packed_weight(w_q)) {
+    TORCH_CHECK(w_q.size(1) == cpu::packed_groups(K) + 2 && w_q.size(2) == 4, op,
+                ": K mismatch: the packed w_q has shape ", w_q.sizes(),
+                " (from pack_weight of an [N, K] weight: [N, ceil(K / 4) + 2, 4]) but the "
+                "activations have shape ", x.sizes());
+    TORCH_CHECK(!w_sum.has_value(), op,
+                ": w_sum must be None with a packed w_q (it holds its own column sums)");
+  } else {
+    TORCH_CHECK(w_q.dim() == 2, op,
+                ": w_q must have shape [N, K] or be packed by pack_weight, got ", w_q.sizes());
+    TORCH_CHECK(w_q.size(1) == K, op, ": K mismatch: w_q has shape ", w_q.sizes(),
+                " but the activations have shape ", x.sizes());
+  }
   TORCH_CHECK(K <= kMaxLinearK, op, ": K = ", K, " is larger than ", kMaxLinearK,
               ", the largest K whose int32 accumulator is exact");
   const auto same_device = [&](const char* name, const at::Tensor& t) {

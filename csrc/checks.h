@@ -73,10 +73,23 @@ std::pair<at::Tensor, at::Tensor> checked_qparam_values(const char* op, const at
 // for every valid input: |x_q - x_zero_point| <= 255 and |w_q| <= 128.
 constexpr int64_t kMaxLinearK = ((int64_t{1} << 31) - 1) / (255 * 128);  // 65793
 
+// w_q of pack_weight: int8 [N, K], K <= kMaxLinearK.
+void check_pack_weight_args(const char* op, const at::Tensor& w_q);
+// w_packed of unpack_weight: int8 [N, ceil(K / 4) + 2, 4] (cpu/packed.h).
+void check_unpack_weight_args(const char* op, const at::Tensor& w_packed, int64_t K);
+
+// Whether a linear op's w_q is a packed weight (pack_weight's [N, G, 4])
+// rather than a plain [N, K] one.
+inline bool is_packed_weight(const at::Tensor& w_q) { return w_q.dim() == 3; }
+// The CUDA kernels read plain weights only: a packed one is a CPU layout.
+void check_plain_weight(const char* op, const at::Tensor& w_q);
+
 // The weight-side arguments of quantized_linear / dynamic_quantized_linear
-// against activations x of shape [*, K]: w_q int8 [N, K], w_scale floating
-// with one element or [N], bias floating [N] or absent, w_sum int32 [N] or
-// absent, all on x's device, K <= kMaxLinearK. Returns N.
+// against activations x of shape [*, K]: w_q int8, either plain [N, K] or
+// packed [N, ceil(K / 4) + 2, 4] (then w_sum must be absent: the packed
+// weight holds its sums), w_scale floating with one element or [N], bias
+// floating [N] or absent, w_sum int32 [N] or absent, all on x's device,
+// K <= kMaxLinearK. Returns N.
 int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tensor& w_q,
                             const at::Tensor& w_scale,
                             const std::optional<at::Tensor>& bias,

@@ -12,7 +12,6 @@
 #include "checks.h"
 #include "cpu/gemm.h"
 #include "cpu/isa.h"
-#include "cpu/weight_cache.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace torch_quant::cpu;
@@ -43,7 +42,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           std::map<std::string, double> out;
 #if TORCH_QUANT_X86
           if (isa_supported(Isa::Avx2)) {
-            const KernelPeaks p = avx2::kernel_peaks(seconds);
+            const avx2::KernelPeaks p = avx2::kernel_peaks(seconds);
             out = {{"fp32_fma", p.fp32_fma}, {"int8_exact", p.int8_exact},
                    {"int8_u8s8", p.int8_u8s8}};
           }
@@ -53,10 +52,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("seconds") = 0.2,
         "Single-core ops/s of the fp32 FMA unit, of the exact AVX2 int8 kernel in L1 and of "
         "the saturating uint8 x int8 loop; empty without AVX2.");
-  m.def("_clear_weight_cache", &clear_weight_cache,
-        "Drop every packed weight copy kept by the CPU linear kernels.");
-  m.def("_weight_cache_info", &weight_cache_info,
-        "(weights, bytes) of packed weight copies kept now.");
+  m.def("_vnni_peak",
+        [](double seconds) {
+#if TORCH_QUANT_X86
+          if (isa_supported(Isa::Avx512Vnni)) return avx512_vnni::vnni_peak(seconds);
+#endif
+          return 0.0;
+        },
+        pybind11::arg("seconds") = 0.2,
+        "Ops/s of a plain vpdpbusd loop on the calling thread; 0 without AVX512_VNNI.");
   // The value checks the CUDA ops make once per tensor version
   // (csrc/checked_values.h), callable on any tensor so that CPU tests cover them.
   m.def("_check_scale_values_once",

@@ -12,4 +12,6 @@ TORCH_LIBRARY(torch_quant, m) {
         "Tensor? bias=None, Tensor? w_sum=None, ScalarType? out_dtype=None) -> Tensor");
   m.def("dynamic_quantized_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias=None, "
         "Tensor? w_sum=None, str act_mode=\"symmetric\") -> Tensor");
+  m.def("pack_weight(Tensor w_q) -> Tensor");
+  m.def("unpack_weight(Tensor w_packed, int K) -> Tensor");
 }

@@ -118,7 +118,7 @@ def test_gone_tensors_are_dropped_and_clear_forgets():
     for _ in range(5):
         check_scale(torch.rand(3) + 0.1)
     assert _C._checked_values_info()[0] == 1  # only `keep` is alive
-    tq.clear_weight_cache()
+    tq.clear_checked_values()
     before = reads()
     check_scale(keep)
     assert reads() == before + 1

@@ -16,7 +16,7 @@ from torch.utils.cpp_extension import CUDA_HOME
 import torch_quant as tq
 
 OPS = ("choose_qparams", "quantize", "dequantize", "quantize_per_token", "quantized_linear",
-       "dynamic_quantized_linear")
+       "dynamic_quantized_linear", "pack_weight", "unpack_weight")
 MODES = ("symmetric", "asymmetric")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -248,6 +248,27 @@ def test_quantized_model_runs_on_cuda_without_waiting():
         finally:
             torch.cuda.set_sync_debug_mode(0)
         assert torch.equal(got.cpu(), want)
+
+
+@gpu
+def test_packed_weights_on_cuda():
+    """pack / unpack on a GPU tensor give the CPU's bytes; the CUDA linear ops
+    refuse a packed weight with a clear error; QuantLinear converts its weight
+    on the way to the GPU and back."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randint(-128, 128, (37, 29), generator=g).to(torch.int8)
+    packed = tq.pack_weight(w)
+    assert torch.equal(tq.pack_weight(w.cuda()).cpu(), packed)
+    assert torch.equal(tq.unpack_weight(packed.cuda(), 29).cpu(), w)
+    x = torch.randn(3, 29, device="cuda")
+    with pytest.raises(RuntimeError, match="packed w_q .* is a CPU layout"):
+        tq.dynamic_quantized_linear(x, packed.cuda(), torch.ones(37, device="cuda"))
+    q = tq.QuantLinear.from_float(torch.nn.Linear(29, 37))
+    assert tq.is_packed_weight(q.weight)
+    q.cuda()
+    assert q.weight.shape == (37, 29) and q.weight.is_cuda
+    q.cpu()
+    assert tq.is_packed_weight(q.weight)
 
 
 @gpu

@@ -8,7 +8,9 @@ Oracle (written out here, not taken from the extension):
 
 computed with separate torch float32 ops (no fused multiply-add) and then cast
 to out_dtype, so every comparison is bit-exact (``assert_same``). Most tests
-run once per CPU kernel path (the ``isa`` fixture).
+run once per CPU kernel path (the ``isa`` fixture), and every test runs twice:
+with the weight as given (plain [N, K]) and with it packed by tq.pack_weight
+(the ``weight_form`` fixture below).
 """
 
 from __future__ import annotations
@@ -29,6 +31,45 @@ ops = torch.ops.torch_quant
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_K = 65793  # (2^31 - 1) // (255 * 128)
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------
+# weight forms: every test of this file also runs with packed weights
+
+_PLAIN_QL, _PLAIN_DQL = tq.quantized_linear, tq.dynamic_quantized_linear
+
+
+def _packable(w_q, w_sum):
+    """A valid plain weight whose w_sum (if given) is its true row sums: then
+    the packed weight (which carries its own sums) must give the same result."""
+    # (Not while torch.compile traces: the check reads data. The compile tests
+    # see the plain form; test_opcheck and test_quantize_model cover packed.)
+    return (not torch.compiler.is_compiling()
+            and isinstance(w_q, torch.Tensor) and w_q.dtype == torch.int8 and w_q.dim() == 2
+            and w_q.device.type == "cpu" and w_q.shape[1] <= MAX_K
+            and (w_sum is None or torch.equal(w_sum.long(), w_q.long().sum(1))))
+
+
+def _packed_ql(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, w_sum=None, out_dtype=None):
+    if _packable(w_q, w_sum):
+        w_q, w_sum = tq.pack_weight(w_q), None
+    return _PLAIN_QL(x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum, out_dtype)
+
+
+def _packed_dql(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric"):
+    if _packable(w_q, w_sum):
+        w_q, w_sum = tq.pack_weight(w_q), None
+    return _PLAIN_DQL(x, w_q, w_scale, bias, w_sum, act_mode)
+
+
+@pytest.fixture(autouse=True, params=["plain", "packed"])
+def weight_form(request, monkeypatch):
+    """Runs the test with tq.quantized_linear / tq.dynamic_quantized_linear
+    given the weight as it is, or packed first."""
+    if request.param == "packed":
+        monkeypatch.setattr(tq, "quantized_linear", _packed_ql)
+        monkeypatch.setattr(tq, "dynamic_quantized_linear", _packed_dql)
+    return request.param
 
 
 # ---------------------------------------------------------------------------
@@ -633,6 +674,16 @@ def _opcheck_samples():
                     (xb, w_q, ws[0], None, w_sum, mode)))
         out.append((f"dql-{mode}-noncontig", ops.dynamic_quantized_linear.default,
                     (torch.randn(K, 5, generator=g).t(), w_q, ws, bias, w_sum, mode)))
+        out.append((f"dql-{mode}-packed", ops.dynamic_quantized_linear.default,
+                    (torch.randn(2, 3, K, generator=g), tq.pack_weight(w_q), ws, bias, None, mode)))
+    x_q = codes(g, (5, K), torch.uint8)
+    xs, xz = x_params(g, (5,), torch.uint8, True)
+    out.append(("ql-packed", ops.quantized_linear.default,
+                (x_q, xs, xz, tq.pack_weight(w_q), ws, bias, None, torch.bfloat16)))
+    for wk in (w_q, codes(g, (17, 1), torch.int8), codes(g, (0, 5), torch.int8)):
+        out.append((f"pack-{wk.shape[0]}x{wk.shape[1]}", ops.pack_weight.default, (wk,)))
+        out.append((f"unpack-{wk.shape[0]}x{wk.shape[1]}", ops.unpack_weight.default,
+                    (tq.pack_weight(wk), wk.shape[1])))
     return out
 
 

@@ -183,7 +183,10 @@ def test_from_float_buffers(gen, K, bias, granularity):
     q = QuantLinear.from_float(lin, "asymmetric", granularity, **kw)
 
     assert (q.in_features, q.out_features) == (K, N)
-    assert q.weight.dtype == torch.int8 and q.weight.shape == (N, K)
+    # held packed on CPU (tq.pack_weight), plain [N, K] through plain_weight()
+    assert q.weight.dtype == torch.int8 and q.weight.shape == (N, (K + 3) // 4 + 2, 4)
+    assert_same(q.weight, tq.pack_weight(q.plain_weight()), "packed weight")
+    assert q.plain_weight().shape == (N, K)
     assert q.weight_scale.dtype == torch.float32 and q.weight_scale.shape == (N,)
     assert q.weight_sum.dtype == torch.int32 and q.weight_sum.shape == (N,)
     # scale from SPEC §1, written out: max|w| / 127 per output channel
@@ -192,9 +195,9 @@ def test_from_float_buffers(gen, K, bias, granularity):
     # codes: torch's own per-channel quantizer with that scale, zero point 0
     expected = torch_per_channel(w, q.weight_scale, torch.zeros(N, dtype=torch.int32),
                                  "symmetric", 0)
-    assert_same(q.weight, expected, "weight codes")
-    assert int(q.weight.abs().max()) == 127  # every row reaches max|code|
-    assert_same(q.weight_sum, q.weight.sum(1).to(torch.int32), "weight_sum")
+    assert_same(q.plain_weight(), expected, "weight codes")
+    assert int(q.plain_weight().abs().max()) == 127  # every row reaches max|code|
+    assert_same(q.weight_sum, q.plain_weight().sum(1).to(torch.int32), "weight_sum")
     if bias:
         assert q.bias.dtype == torch.float32 and q.bias.shape == (N,)
         assert_same(q.bias, lin.bias.detach(), "bias")
@@ -237,8 +240,9 @@ def test_per_token_forward_is_the_fused_op(gen, act_mode, dtype, lead):
     q = QuantLinear.from_float(lin, act_mode)
     x = torch.randn(*lead, K, generator=gen).to(dtype)
     y = q(x)
-    expected = tq.dynamic_quantized_linear(x, q.weight, q.weight_scale, q.bias, q.weight_sum,
-                                           act_mode)
+    # the layer (packed weight) against the op on the plain weight
+    expected = tq.dynamic_quantized_linear(x, q.plain_weight(), q.weight_scale, q.bias,
+                                           q.weight_sum, act_mode)
     assert y.dtype == dtype and y.shape == (*lead, N)
     assert_same(y, expected, f"{act_mode} {dtype} {lead}")
 
@@ -257,7 +261,7 @@ def test_per_tensor_forward_is_quantize_then_linear(gen, act_mode, dtype, lead):
     assert_same(q.input_scale, s, "input_scale")
     assert_same(q.input_zero_point, z, "input_zero_point")
     x_q = tq.quantize(x, q.input_scale, q.input_zero_point, act_mode)
-    expected = tq.quantized_linear(x_q, q.input_scale, q.input_zero_point, q.weight,
+    expected = tq.quantized_linear(x_q, q.input_scale, q.input_zero_point, q.plain_weight(),
                                    q.weight_scale, q.bias, q.weight_sum, out_dtype=dtype)
     assert y.dtype == dtype and y.shape == (*lead, N)
     assert_same(y, expected, f"{act_mode} {dtype} {lead}")
@@ -349,14 +353,15 @@ def test_conv1d_from_float(gen, granularity):
         kw = dict(input_scale=s, input_zero_point=z)
     q = QuantLinear.from_float(conv, "asymmetric", granularity, **kw)
     assert (q.in_features, q.out_features) == (nx, nf)
-    assert q.weight.shape == (nf, nx)
+    assert q.plain_weight().shape == (nf, nx)
     w = conv.weight.detach().t()
     deq = q.dequantized_weight()
     assert deq.shape == w.shape
     # round to nearest: each weight within half a step of its row's scale
     assert ((deq - w).abs() <= q.weight_scale[:, None] * (0.5 + 1e-5)).all()
-    assert_same(q.weight, torch_per_channel(w, q.weight_scale, torch.zeros(nf, dtype=torch.int32),
-                                            "symmetric", 0), "codes of the transposed weight")
+    assert_same(q.plain_weight(),
+                torch_per_channel(w, q.weight_scale, torch.zeros(nf, dtype=torch.int32),
+                                  "symmetric", 0), "codes of the transposed weight")
     assert_same(q.bias, conv.bias.detach(), "bias")
     with torch.no_grad():
         ref = conv(x)
@@ -880,7 +885,9 @@ def test_report_hand_computed(granularity):
     N, K = 1, 2
     expected_after = N * K + 4 * N + 4 * N + 4 * N + (8 if granularity == "per_tensor" else 0)
     assert r.weight_bytes_after == expected_after
-    assert r.weight_bytes_after == sum(b.numel() * b.element_size() for b in model.proj.buffers())
+    # as stored: the state_dict's bytes (the weight plain, as in files)
+    assert r.weight_bytes_after == sum(b.numel() * b.element_size()
+                                       for b in model.proj.state_dict().values())
     # SQNRs from torch's own quantizers
     x_hat = torch_fake_quant_tensor(x, torch.tensor(5.0) / 127, 0, "symmetric")
     act_sqnr = 10 * math.log10(float(x.double().pow(2).sum())
@@ -932,7 +939,7 @@ def test_report_many_layers_and_conv1d(gen):
         params = [p for p in (layer.weight, layer.bias) if p is not None]
         assert r.weight_bytes_before == sum(p.numel() * 4 for p in params)
         assert r.weight_bytes_after == sum(b.numel() * b.element_size()
-                                           for b in model.get_submodule(r.name).buffers())
+                                           for b in model.get_submodule(r.name).state_dict().values())
         assert r.act_mode in MODES and 0 < r.act_range_utilization <= 1
     table = tq.format_report(reports)
     for r in reports:
@@ -971,21 +978,3 @@ def test_from_float_under_inference_mode_makes_normal_tensors(gen):
     for name, b in [*q.named_buffers(), *model.named_buffers()]:
         assert not b.is_inference(), name
     assert not q.weight.is_inference()
-
-
-@pytest.mark.skipif("avx2" not in SUPPORTED_ISAS, reason="packed copies are an AVX2 feature")
-def test_inference_mode_forward_uses_weight_cache(gen):
-    lin = make_linear(gen, 17, 9)
-    tq.clear_weight_cache()
-    try:
-        with using_isa("avx2"), torch.inference_mode():
-            q = QuantLinear.from_float(lin)
-            x = torch.randn(5, 17, generator=gen)
-            y1 = q(x)
-            assert tq._C._weight_cache_info()[0] == 1
-            y2 = q(x)
-        assert_same(y2, y1, "cached")
-        assert_same(y1, tq.dynamic_quantized_linear(x, q.weight, q.weight_scale, q.bias,
-                                                    q.weight_sum), "vs op")
-    finally:
-        tq.clear_weight_cache()

@@ -15,24 +15,14 @@ from .report import LayerReport, format_report, quantization_report
 from .serialization import load, save
 
 
-
-def clear_weight_cache() -> None:
-    """Forget what the kernels remember about tensors: call it after writing
-    a weight or a quantization parameter through ``tensor.data``.
-
-    The CPU linear kernels pack an int8 weight once, on first use with two or
-    more rows, and reuse the copy while the weight tensor lives and is not
-    written (its version counter tracks ``copy_``, ``load_state_dict`` and
-    other in-place ops); the copies take at most
-    ``TORCH_QUANT_WEIGHT_CACHE_MB`` (default 1024; 0 turns packing per weight
-    off). The CUDA ops check the values of a scale or zero point tensor once
-    per version in the same way, so that they do not wait for the GPU on every
-    call. A write through ``.data`` is not tracked by either.
-    """
-    _C._clear_weight_cache()
+def clear_checked_values() -> None:
+    """Forget which scale and zero point tensors the CUDA ops have checked:
+    call it after writing one through ``tensor.data``. The CUDA ops check
+    those values once per tensor version, so that they do not wait for the GPU
+    on every call; a write through ``.data`` is not tracked."""
     _C._clear_checked_values()
 
 
-__all__ = [*ops.__all__, "ops", "clear_weight_cache", "QuantLinear", "quantize_model",
+__all__ = [*ops.__all__, "ops", "clear_checked_values", "QuantLinear", "quantize_model",
            "quantization_report", "format_report", "LayerReport", "save", "load"]
 __version__ = "0.1.0"

@@ -1,7 +1,9 @@
 """``QuantLinear``: a linear layer with int8 weights and quantized activations (SPEC.md §4).
 
 Weights are quantized once, symmetrically per output channel (int8, zero point
-0, ``scale[n] = max_k |w[n, k]| / 127``). Activations are quantized on every
+0, ``scale[n] = max_k |w[n, k]| / 127``), and held once: on CPU packed for the
+kernels (``ops.pack_weight``), elsewhere plain; ``state_dict`` and every file
+keep the plain ``[out, in]`` layout. Activations are quantized on every
 call, either per token inside the fused op (``act_granularity="per_token"``,
 dynamic) or with one scale and zero point fixed by calibration
 (``"per_tensor"``, static), in ``act_mode`` "symmetric" (int8) or
@@ -34,7 +36,9 @@ class QuantLinear(nn.Module):
     """``y = x W^T + b`` with W int8 (symmetric, per output channel) and x
     quantized per token or per tensor, symmetric or asymmetric.
 
-    Buffers (all in ``state_dict``): ``weight`` int8 ``[out, in]``,
+    Buffers (all in ``state_dict``): ``weight`` int8 ``[out, in]`` (in memory
+    on CPU it is held packed, ``[out, ceil(in / 4) + 2, 4]``, see
+    ``ops.pack_weight``; :meth:`plain_weight` gives ``[out, in]`` anywhere),
     ``weight_scale`` float32 ``[out]``, ``weight_sum`` int32 ``[out]`` (row sums
     of ``weight``, used for the zero-point correction), ``bias`` float32
     ``[out]`` or None, and for ``act_granularity="per_tensor"`` the 0-dim
@@ -54,12 +58,13 @@ class QuantLinear(nn.Module):
         self.out_features = int(out_features)
         self.act_mode = act_mode
         self.act_granularity = act_granularity
-        # Created outside inference mode even when the caller is in it: the CPU
-        # kernels keep a packed copy only of weights with a version counter
-        # (csrc/cpu/weight_cache.h), which inference tensors lack.
+        # Created outside inference mode even when the caller is in it, so that
+        # load_state_dict can write them later outside it.
         with torch.inference_mode(False):
-            self.register_buffer("weight", torch.zeros(out_features, in_features,
-                                                       dtype=torch.int8, device=device))
+            # All-zero bytes are also a valid packed zero weight (sums 0, flags 0).
+            shape = ((out_features, in_features) if not _packs(device) else
+                     (out_features, (in_features + 3) // 4 + 2, 4))
+            self.register_buffer("weight", torch.zeros(shape, dtype=torch.int8, device=device))
             self.register_buffer("weight_scale", torch.ones(out_features, device=device))
             self.register_buffer("weight_sum", torch.zeros(out_features, dtype=torch.int32,
                                                            device=device))
@@ -92,7 +97,7 @@ class QuantLinear(nn.Module):
                 raise ValueError("QuantLinear.from_float: the weight holds NaN or inf")
             scale, zp = ops.choose_qparams(w, "symmetric", axis=0)
             w_q = ops.quantize(w, scale, zp, "symmetric", axis=0)
-            q.weight.copy_(w_q)
+            q.weight = ops.pack_weight(w_q) if ops.is_packed_weight(q.weight) else w_q
             q.weight_scale.copy_(scale)
             q.weight_sum.copy_(w_q.sum(1, dtype=torch.int32))
             if bias is not None:
@@ -106,22 +111,68 @@ class QuantLinear(nn.Module):
         if x.dtype not in _FLOATS:
             raise TypeError(f"QuantLinear: input must be float32, float16 or bfloat16, "
                             f"got {x.dtype}")
+        # A packed weight carries its own column sums.
+        w_sum = None if ops.is_packed_weight(self.weight) else self.weight_sum
         if self.act_granularity == "per_token":
             return ops.dynamic_quantized_linear(x, self.weight, self.weight_scale, self.bias,
-                                                self.weight_sum, self.act_mode)
+                                                w_sum, self.act_mode)
         x_q = ops.quantize(x, self.input_scale, self.input_zero_point, self.act_mode)
         return ops.quantized_linear(x_q, self.input_scale, self.input_zero_point, self.weight,
-                                    self.weight_scale, self.bias, self.weight_sum,
-                                    out_dtype=x.dtype)
+                                    self.weight_scale, self.bias, w_sum, out_dtype=x.dtype)
+
+    def plain_weight(self) -> Tensor:
+        """The int8 weight codes as ``[out, in]`` (a new tensor when held packed)."""
+        if ops.is_packed_weight(self.weight):
+            return ops.unpack_weight(self.weight, self.in_features)
+        return self.weight
 
     def dequantized_weight(self) -> Tensor:
         """The float32 weight these codes stand for, ``[out, in]``."""
-        return self.weight.float() * self.weight_scale[:, None]
+        return self.plain_weight().float() * self.weight_scale[:, None]
+
+    # The weight's in-memory layout follows its device: packed where the CPU
+    # kernels read it, plain elsewhere. Files and state_dict hold it plain.
+
+    def _relayout(self) -> None:
+        w = self.weight
+        if ops.is_packed_weight(w) != _packs(w.device):
+            with torch.inference_mode(False), torch.no_grad():
+                self.weight = (ops.pack_weight(w) if _packs(w.device)
+                               else ops.unpack_weight(w, self.in_features))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._relayout()
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if ops.is_packed_weight(self.weight):
+            destination[prefix + "weight"] = self.plain_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Load into a plain weight (what the file holds), then pack it again.
+        packed = ops.is_packed_weight(self.weight)
+        if packed:
+            self.weight = self.plain_weight()
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                          missing_keys, unexpected_keys, error_msgs)
+        finally:
+            if packed:
+                self._relayout()
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, weight=int8 symmetric per-channel, "
                 f"act_mode={self.act_mode}, act_granularity={self.act_granularity}")
+
+
+def _packs(device) -> bool:
+    """Whether QuantLinear holds its weight packed on ``device`` (the CPU kernels'
+    layout; the CUDA kernels read plain weights)."""
+    return torch.device("cpu" if device is None else device).type == "cpu"
 
 
 def is_conv1d(module: nn.Module) -> bool:

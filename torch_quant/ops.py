@@ -27,6 +27,9 @@ __all__ = [
     "quantize_per_token",
     "quantized_linear",
     "dynamic_quantized_linear",
+    "pack_weight",
+    "unpack_weight",
+    "is_packed_weight",
 ]
 
 _ops = torch.ops.torch_quant
@@ -136,9 +139,36 @@ def dynamic_quantized_linear(
 
     Each row of ``x`` (float32, float16 or bfloat16, ``[*, K]``) is quantized
     once with its own scale and zero point, exactly as :func:`quantize_per_token`
-    does, and fed to the int8 GEMM; the result has ``x``'s dtype.
+    does, and fed to the int8 GEMM; the result has ``x``'s dtype. ``w_q`` may
+    be plain or packed (:func:`pack_weight`), as for :func:`quantized_linear`.
     """
     return _ops.dynamic_quantized_linear.default(x, w_q, w_scale, bias, w_sum, act_mode)
+
+
+def pack_weight(w_q: Tensor) -> Tensor:
+    """The int8 weight ``w_q`` (``[N, K]``) in the layout the CPU GEMM kernels
+    read, to pass as ``w_q`` to :func:`quantized_linear` and
+    :func:`dynamic_quantized_linear` instead of the plain weight.
+
+    The result is an int8 tensor of shape ``[N, ceil(K / 4) + 2, 4]`` (the
+    same bytes as the plain weight plus 8 per column: its sum and flags),
+    ordered in panels of 16 columns; see docs/semantics.md, "Packed weights".
+    It is an ordinary tensor that the caller owns: nothing is cached, and
+    writing to it changes the weight the ops see. One layout serves every CPU
+    instruction set. The CUDA kernels read plain weights only.
+    """
+    return _ops.pack_weight.default(w_q)
+
+
+def unpack_weight(w_packed: Tensor, K: int) -> Tensor:
+    """The plain ``[N, K]`` int8 weight of ``w_packed`` (from :func:`pack_weight`):
+    ``unpack_weight(pack_weight(w), w.shape[1])`` equals ``w``."""
+    return _ops.unpack_weight.default(w_packed, K)
+
+
+def is_packed_weight(w_q: Tensor) -> bool:
+    """Whether ``w_q`` is a packed weight (3-d) rather than a plain ``[N, K]`` one."""
+    return w_q.dim() == 3
 
 
 # ---------------------------------------------------------------------------
@@ -272,16 +302,38 @@ def _quantize_per_token_fake(x, mode, bits=8):
     )
 
 
+def _packed_groups(K) -> int:
+    return (K + 3) // 4
+
+
 def _check_linear_weight(op: str, x: Tensor, w_q, w_scale, bias, w_sum) -> int:
     """The checks of csrc/checks.cpp:check_linear_weight that need no data."""
     torch._check(w_q.dtype == torch.int8, lambda: f"{op}: w_q must be int8 (symmetric), got {w_q.dtype}")
-    torch._check(w_q.dim() == 2, lambda: f"{op}: w_q must have shape [N, K], got {list(w_q.shape)}")
-    N, K = w_q.shape
-    torch._check(
-        x.dim() >= 1 and x.shape[-1] == K,
-        lambda: f"{op}: K mismatch: w_q has shape {list(w_q.shape)} but the activations have "
-        f"shape {list(x.shape)}",
-    )
+    torch._check(x.dim() >= 1, lambda: f"{op}: the activations must have shape [*, K], got a 0-dim tensor")
+    K = x.shape[-1]
+    N = w_q.shape[0] if w_q.dim() >= 1 else 0
+    if w_q.dim() == 3:
+        torch._check(
+            w_q.shape[1] == _packed_groups(K) + 2 and w_q.shape[2] == 4,
+            lambda: f"{op}: K mismatch: the packed w_q has shape {list(w_q.shape)} (from "
+            "pack_weight of an [N, K] weight: [N, ceil(K / 4) + 2, 4]) but the activations have "
+            f"shape {list(x.shape)}",
+        )
+        torch._check(
+            w_sum is None,
+            lambda: f"{op}: w_sum must be None with a packed w_q (it holds its own column sums)",
+        )
+    else:
+        torch._check(
+            w_q.dim() == 2,
+            lambda: f"{op}: w_q must have shape [N, K] or be packed by pack_weight, got "
+            f"{list(w_q.shape)}",
+        )
+        torch._check(
+            w_q.shape[1] == K,
+            lambda: f"{op}: K mismatch: w_q has shape {list(w_q.shape)} but the activations have "
+            f"shape {list(x.shape)}",
+        )
     torch._check(
         K <= _MAX_LINEAR_K,
         lambda: f"{op}: K = {K} is larger than {_MAX_LINEAR_K}, the largest K whose int32 "
@@ -348,3 +400,30 @@ def _dynamic_quantized_linear_fake(x, w_q, w_scale, bias=None, w_sum=None, act_m
     torch._check(x.dim() >= 1, lambda: f"{op}: x must have shape [*, K], got a 0-dim tensor")
     N = _check_linear_weight(op, x, w_q, w_scale, bias, w_sum)
     return x.new_empty((*x.shape[:-1], N))
+
+
+@torch.library.register_fake("torch_quant::pack_weight")
+def _pack_weight_fake(w_q):
+    op = "torch_quant.pack_weight"
+    torch._check(w_q.dtype == torch.int8, lambda: f"{op}: w_q must be int8 (symmetric), got {w_q.dtype}")
+    torch._check(w_q.dim() == 2, lambda: f"{op}: w_q must have shape [N, K], got {list(w_q.shape)}")
+    N, K = w_q.shape
+    torch._check(
+        K <= _MAX_LINEAR_K,
+        lambda: f"{op}: K = {K} is larger than {_MAX_LINEAR_K}, the largest K whose int32 "
+        "accumulator is exact",
+    )
+    return w_q.new_empty((N, _packed_groups(K) + 2, 4))
+
+
+@torch.library.register_fake("torch_quant::unpack_weight")
+def _unpack_weight_fake(w_packed, K):
+    op = "torch_quant.unpack_weight"
+    torch._check(w_packed.dtype == torch.int8, lambda: f"{op}: w_packed must be int8, got {w_packed.dtype}")
+    torch._check(0 <= K <= _MAX_LINEAR_K, lambda: f"{op}: K must be in [0, {_MAX_LINEAR_K}], got {K}")
+    torch._check(
+        w_packed.dim() == 3 and w_packed.shape[1] == _packed_groups(K) + 2 and w_packed.shape[2] == 4,
+        lambda: f"{op}: w_packed must have shape [N, {_packed_groups(K) + 2}, 4] (pack_weight of an "
+        f"[N, {K}] weight), got {list(w_packed.shape)}",
+    )
+    return w_packed.new_empty((w_packed.shape[0], K))

@@ -45,7 +45,9 @@ def quantization_report(model: nn.Module) -> List[LayerReport]:
     out = []
     for name, q in quantized_layers(model):
         stats = getattr(q, "stats", {}) or {}
-        after = sum(t.numel() * t.element_size() for t in q.buffers(recurse=False))
+        # As stored (state_dict, files): the weight in its plain [out, in] layout.
+        after = q.in_features * q.out_features + sum(
+            t.numel() * t.element_size() for n, t in q.named_buffers(recurse=False) if n != "weight")
         out.append(LayerReport(
             name=name, act_mode=q.act_mode, act_granularity=q.act_granularity,
             in_features=q.in_features, out_features=q.out_features,

@@ -1,10 +1,13 @@
-// The AVX2 int8 GEMM (gemm.h). No VNNI here, and vpmaddubsw is out: its
-// uint8 x int8 pair sums saturate at int16 (255*127*2 > 32767). Instead the
-// activations of a tile are widened to int16 once, the weights are widened on
-// load (vpmovsxbw), and vpmaddwd adds int16 x int16 pairs into int32 lanes,
-// which cannot overflow (2 * 255 * 128 < 2^31). Each output keeps its own
-// vector accumulator across K and is summed horizontally at the end, so the
-// weights are read in their public [N, K] layout, row after row.
+// The AVX2 int8 GEMM (gemm.h). No VNNI here. Two kernels:
+//
+// gemm_rows (plain [N, K] weights, few rows; and packed panels holding -128):
+// the activations are widened to int16 once, the weights on load
+// (vpmovsxbw), and vpmaddwd adds int16 x int16 pairs into int32 lanes, which
+// cannot overflow (2 * 255 * 128 < 2^31). Each output keeps its own vector
+// accumulator across K and is summed horizontally at the end.
+//
+// The panel kernel (packed weights): vpmaddubsw with the activation's sign
+// moved onto the weight, below.
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -14,7 +17,6 @@
 #include <vector>
 
 #include "gemm.h"
-#include "panels.h"
 #include "target.h"
 
 #if TORCH_QUANT_X86
@@ -148,8 +150,8 @@ void gemm_rows(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64
 // legal) use gemm_rows instead. vpmaddwd with ones then adds the int16 pairs
 // into int32 lanes.
 //
-// The weights come packed into panels of 16 columns (panels.h), either once
-// per weight (weight_cache.h) or per call. The activations are prepared once
+// The weights come packed (packed.h): panels of 16 columns, 64 bytes per
+// group of four k, the two halves of a group one ymm each. The activations are prepared once
 // per call (split_activations): for each group of four k, the four |x| bytes
 // and then the four x bytes, so the inner loop only broadcasts them (the abs
 // and the uint8 flip would otherwise be redone for every panel: about 15%).
@@ -195,55 +197,103 @@ constexpr std::array<PanelMicro, kPr> panel_table(std::integer_sequence<int, R..
 constexpr std::array<PanelMicro, kPr> kPanelMicros =
     panel_table(std::make_integer_sequence<int, kPr>());
 
-// Below this many rows, packing the weights on every call costs more than
-// the panel kernel saves.
-constexpr int64_t kPanelMinM = 48;
+}  // namespace
 
-void run_panels(const uint8_t* split, int64_t ld_split, bool a_signed, const int8_t* packed,
-                const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d, int64_t ldd) {
-  const int64_t nq = panel_groups(K), panels = (N + kPc - 1) / kPc;
-  const int32_t* s32 = reinterpret_cast<const int32_t*>(split);
-  const int64_t lds = ld_split / 4;
-  for (int64_t q0 = 0; q0 < nq; q0 += kQc) {
-    const int64_t qlen = std::min(kQc, nq - q0);
-    for (int64_t p = 0; p < panels; ++p) {
-      const int cols = static_cast<int>(std::min<int64_t>(kPc, N - p * kPc));
-      const int8_t* panel = packed + (p * nq + q0) * 64;
-      for (int64_t m0 = 0; m0 < M; m0 += kPr) {
-        const int rows = static_cast<int>(std::min<int64_t>(kPr, M - m0));
-        kPanelMicros[rows - 1](s32 + m0 * lds + 2 * q0, lds, qlen, panel, q0 > 0,
-                               d + m0 * ldd + p * kPc, ldd, cols);
+int64_t prepared_row_bytes(int64_t K) { return packed_groups(K) * 8; }
+
+// The activations as the panel kernel reads them: per group of four k, the
+// four |x'| bytes then the four x' bytes, x' = x (int8) or x - 128 (uint8),
+// zero padded to whole groups; prepared_row_bytes(K) bytes per row.
+void split_activations(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,
+                       uint8_t* out);
+
+void prepare_rows(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,
+                  uint8_t* out) {
+  split_activations(a, a_signed, lda, M, K, out);
+}
+
+void gemm_packed(const uint8_t* prepared, const void* a, bool a_signed, const PackedWeight& w,
+                 int64_t m0, int64_t m1, int64_t n0, int64_t n1, const Epilogue& ep) {
+  const int64_t K = w.K, kg = w.kg(), G = w.g(), M = m1 - m0;
+  const int64_t p0 = n0 / kPc, p1 = (n1 + kPc - 1) / kPc, ldd = (p1 - p0) * kPc;
+  const int32_t* s32 = reinterpret_cast<const int32_t*>(prepared) + m0 * 2 * kg;
+  const int64_t lds = 2 * kg;  // int32 per split row
+  std::vector<int32_t> d(static_cast<size_t>(M * ldd));
+  // The last, narrower panel (packed.h) as a zero-padded full-width copy.
+  std::vector<int8_t> tail;
+  if (w.panel_cols(p1 - 1) < kPc) {
+    const int cols = w.panel_cols(p1 - 1);
+    tail.assign(static_cast<size_t>(64 * G), 0);
+    for (int64_t q = 0; q < G; ++q)
+      std::memcpy(tail.data() + q * 64, w.panel(p1 - 1) + q * 4 * cols, 4 * cols);
+  }
+  const auto panel = [&](int64_t p) {
+    return p == p1 - 1 && !tail.empty() ? tail.data() : w.panel(p);
+  };
+  std::vector<char> dirty(static_cast<size_t>(p1 - p0));
+  for (int64_t p = p0; p < p1; ++p) dirty[p - p0] = w.panel_has_min(p);
+  for (int64_t q0 = 0; q0 < kg; q0 += kQc) {
+    const int64_t qlen = std::min(kQc, kg - q0);
+    for (int64_t p = p0; p < p1; ++p) {
+      if (dirty[p - p0]) continue;
+      const int8_t* pp = panel(p) + q0 * 64;
+      for (int64_t r0 = 0; r0 < M; r0 += kPr) {
+        const int rows = static_cast<int>(std::min<int64_t>(kPr, M - r0));
+        kPanelMicros[rows - 1](s32 + r0 * lds + 2 * q0, lds, qlen, pp, q0 > 0,
+                               d.data() + r0 * ldd + (p - p0) * kPc, ldd, kPc);
       }
     }
   }
-  if (!a_signed) {  // the kernel saw x - 128: add 128 * w_sum back (wrapping, exact in the end)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n)
-        d[m * ldd + n] = static_cast<int32_t>(static_cast<uint32_t>(d[m * ldd + n]) +
-                                              128u * static_cast<uint32_t>(w_sum[n]));
+  // Panels holding -128: the int16 kernel on the plain codes and weights.
+  for (int64_t p = p0; p < p1; ++p) {
+    if (!dirty[p - p0]) continue;
+    const int cols = w.panel_cols(p);
+    std::vector<int8_t> rows(static_cast<size_t>(cols * K));
+    for (int c = 0; c < cols; ++c)
+      for (int64_t k = 0; k < K; ++k) rows[c * K + k] = w.at(p * kPc + c, k);
+    gemm_rows(static_cast<const uint8_t*>(a) + m0 * K, a_signed, K, rows.data(), K, M, cols, K,
+              d.data() + (p - p0) * kPc, ldd);
+  }
+  // Epilogue. The panel kernel saw a - 128 for uint8 codes: fold the shift
+  // into the zero point (zp - 128); the -128 panels saw the codes as they are.
+  for (int64_t p = p0; p < p1; ++p) {
+    const int cols = w.panel_cols(p);
+    const int32_t shift = dirty[p - p0] || a_signed ? 0 : -128;
+    const int32_t* sums = reinterpret_cast<const int32_t*>(panel(p) + kg * 64);
+    const int64_t c0 = p * kPc;
+    for (int64_t r = 0; r < M; ++r) {
+      const int64_t m = m0 + r;
+      const int32_t* dr = d.data() + r * ldd + (p - p0) * kPc;
+      float* y = ep.y + m * ep.ldy + c0;
+      int c = 0;
+      if (cols == kPc) {
+        const __m256i zp = _mm256_set1_epi32(ep.zp[m] + shift);
+        const __m256 xs = _mm256_set1_ps(ep.x_scale[m]);
+        for (; c < kPc; c += 8) {
+          const __m256i ws = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + c));
+          const __m256i v = _mm256_sub_epi32(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr + c)),
+              _mm256_mullo_epi32(zp, ws));
+          __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v),
+                                   _mm256_mul_ps(xs, _mm256_loadu_ps(ep.w_scale + c0 + c)));
+          if (ep.bias != nullptr) f = _mm256_add_ps(f, _mm256_loadu_ps(ep.bias + c0 + c));
+          _mm256_storeu_ps(y + c, f);
+        }
+      }
+      for (; c < cols; ++c) y[c] = finish_scalar(dr[c], m, c0 + c, shift, sums[c], ep);
+    }
   }
 }
 
-}  // namespace
-
 void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
-              const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
+              const int32_t* /*w_sum*/, int64_t M, int64_t N, int64_t K, int32_t* d,
               int64_t ldd) {
-  if (M >= kPanelMinM) {
-    std::vector<int8_t> packed(static_cast<size_t>(panel_bytes(N, K)));
-    if (pack_panels(w, ldw, N, K, packed.data())) {
-      const int64_t lds = split_stride(K);
-      std::vector<uint8_t> split(static_cast<size_t>(M * lds));
-      split_activations(a, a_signed, lda, M, K, split.data());
-      return run_panels(split.data(), lds, a_signed, packed.data(), w_sum, M, N, K, d, ldd);
-    }
-  }
   gemm_rows(a, a_signed, lda, w, ldw, M, N, K, d, ldd);
 }
 
 void split_activations(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,
                        uint8_t* out) {
-  const int64_t lds = split_stride(K), kv = K / 32 * 32;
+  const int64_t lds = prepared_row_bytes(K), kv = K / 32 * 32;
   const __m256i flip = _mm256_set1_epi8(a_signed ? 0 : static_cast<char>(0x80));
   for (int64_t m = 0; m < M; ++m) {
     const uint8_t* x = static_cast<const uint8_t*>(a) + m * lda;
@@ -267,12 +317,6 @@ void split_activations(const void* a, bool a_signed, int64_t lda, int64_t M, int
       o[at + 4] = static_cast<uint8_t>(v);
     }
   }
-}
-
-void gemm_s32_packed(const uint8_t* split, int64_t ld_split, bool a_signed, const int8_t* panels,
-                     const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
-                     int64_t ldd) {
-  run_panels(split, ld_split, a_signed, panels, w_sum, M, N, K, d, ldd);
 }
 
 // ---------------------------------------------------------------------------

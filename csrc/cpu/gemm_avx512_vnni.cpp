@@ -1,14 +1,23 @@
-// The AVX-512 VNNI int8 GEMM (gemm.h): vpdpbusd multiplies 64 uint8 by 64 int8
-// values and adds each group of four products to an int32 lane, without
+// The AVX-512 VNNI int8 GEMM (gemm.h). vpdpbusd multiplies 64 uint8 by 64
+// int8 values and adds each group of four products to an int32 lane, without
 // saturation. uint8 activations feed it as they are; int8 activations are
-// moved to uint8 by adding 128 (a bit flip), and 128 * w_sum[n] is taken back
-// from each result. The K tail is read with masked loads.
+// moved to uint8 by adding 128 (a bit flip), and the epilogue takes
+// 128 * w_sum[n] back.
+//
+// Packed kernel: a micro-tile of R rows x C panels (16 columns each) keeps
+// R * C zmm accumulators; per group of four k it loads C weight vectors and
+// broadcasts four activation bytes per row, so there is no horizontal
+// reduction anywhere. The accumulators start at zero and are only added to
+// memory after the K loop (GCC spills them to the stack when a branch
+// initialises them from memory).
 //
 // Built on every x86 compiler; run only where the CPU has AVX512_VNNI (isa.cpp).
-// The development and CI machines do not, so the tests exercise this file only
-// on such hosts.
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 #include "gemm.h"
@@ -21,13 +30,199 @@ TORCH_QUANT_TARGET_BEGIN("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni
 namespace torch_quant::cpu::avx512_vnni {
 namespace {
 
-constexpr int kMr = 4;
-constexpr int kNr = 4;
-constexpr int kStep = 64;  // bytes of a zmm register
+constexpr int kMr = 6;        // rows per micro-tile
+constexpr int kNp = 4;        // panels (of 16 columns) per micro-tile: 24 accumulators
+constexpr int64_t kQc = 128;  // K block, in groups of four: 512 bytes of each row
+constexpr int64_t kPrefetch = 16;  // groups ahead, for the weight stream of one row
+
+// R rows x C panels over groups [0, qn) (pointers already at the block's
+// first group). Accumulators are added to `stage` (R x 64 int32 per row of
+// stride 64) when `load` is set; with `finish` the epilogue writes y,
+// otherwise the sums go back to `stage`.
+struct Tile {
+  const uint8_t* a;        // first row at the block's first byte
+  int64_t lda;             // bytes between prepared rows
+  const int8_t* w[kNp];    // panel pointers at the block's first group
+  int64_t qn;              // groups in this block
+  int32_t* stage;          // [R][kNp * 16]
+  bool load, finish;
+  // epilogue (finish only)
+  const int32_t* zp;       // [R] (row m0 first)
+  const float* x_scale;    // [R]
+  const int32_t* w_sum[kNp];  // 16 per panel
+  const float* w_scale;    // from the tile's first column
+  const float* bias;       // from the tile's first column, or null
+  float* y;                // row m0, the tile's first column
+  int64_t ldy;
+  int cols;                // valid columns in the tile (<= C * 16)
+};
+
+template <int R, int C, bool Prefetch>
+void micro(const Tile& t) {
+  __m512i acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
+  const uint8_t* a = t.a;
+  const int8_t* w[C];
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) w[c] = t.w[c];
+  for (int64_t q = 0; q < t.qn; ++q) {
+    __m512i wv[C];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w[c] + (q + kPrefetch) * 64), _MM_HINT_T0);
+      wv[c] = _mm512_loadu_si512(w[c] + q * 64);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      int32_t four;
+      std::memcpy(&four, a + r * t.lda + q * 4, 4);
+      const __m512i av = _mm512_set1_epi32(four);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], av, wv[c]);
+    }
+  }
+  if (t.load) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c)
+        acc[r][c] = _mm512_add_epi32(acc[r][c], _mm512_loadu_si512(t.stage + r * kNp * 16 + c * 16));
+  }
+  if (!t.finish) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) _mm512_storeu_si512(t.stage + r * kNp * 16 + c * 16, acc[r][c]);
+    return;
+  }
+  // y = float(acc - zp * w_sum) * (x_scale * w_scale) + bias, as quant_math.h.
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) {
+    const int left = t.cols - c * 16;
+    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << std::max(left, 0)) - 1);
+    const __m512i ws = _mm512_loadu_si512(t.w_sum[c]);
+    const __m512 wsc = _mm512_maskz_loadu_ps(mask, t.w_scale + c * 16);
+    const __m512 b = t.bias != nullptr ? _mm512_maskz_loadu_ps(mask, t.bias + c * 16)
+                                       : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512i v = _mm512_sub_epi32(acc[r][c], _mm512_mullo_epi32(_mm512_set1_epi32(t.zp[r]), ws));
+      __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(_mm512_set1_ps(t.x_scale[r]), wsc));
+      if (t.bias != nullptr) f = _mm512_add_ps(f, b);
+      _mm512_mask_storeu_ps(t.y + r * t.ldy + c * 16, mask, f);
+    }
+  }
+}
+
+using Micro = void (*)(const Tile&);
+
+template <bool P, int R, int... C>
+constexpr std::array<Micro, kNp> micro_row(std::integer_sequence<int, C...>) {
+  return {&micro<R, C + 1, P>...};
+}
+template <bool P, int... R>
+constexpr std::array<std::array<Micro, kNp>, kMr> micro_table(std::integer_sequence<int, R...>) {
+  return {micro_row<P, R + 1>(std::make_integer_sequence<int, kNp>())...};
+}
+// [rows - 1][panels - 1]; the prefetching variants serve single rows, which
+// only stream the weights.
+constexpr auto kMicros = micro_table<false>(std::make_integer_sequence<int, kMr>());
+constexpr auto kMicrosPrefetch = micro_table<true>(std::make_integer_sequence<int, kMr>());
+
+}  // namespace
+
+int64_t prepared_row_bytes(int64_t K) { return packed_groups(K) * 4; }
+
+void prepare_rows(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,
+                  uint8_t* out) {
+  const int64_t ld = prepared_row_bytes(K);
+  const __m512i flip = _mm512_set1_epi8(a_signed ? static_cast<char>(0x80) : 0);
+  for (int64_t m = 0; m < M; ++m) {
+    const uint8_t* src = static_cast<const uint8_t*>(a) + m * lda;
+    uint8_t* dst = out + m * ld;
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64)
+      _mm512_storeu_si512(dst + k, _mm512_xor_si512(_mm512_loadu_si512(src + k), flip));
+    if (k < ld) {  // the tail, zero padded to whole groups (padding meets zero weights)
+      const __mmask64 in = K > k ? (~__mmask64{0} >> (64 - (K - k))) : 0;
+      const __mmask64 all = ~__mmask64{0} >> (64 - (ld - k));
+      const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(in, src + k), flip);
+      _mm512_mask_storeu_epi8(dst + k, all, _mm512_maskz_mov_epi8(in, v));
+    }
+  }
+}
+
+void gemm_packed(const uint8_t* prepared, const void* /*a*/, bool a_signed,
+                 const PackedWeight& w, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                 const Epilogue& ep) {
+  const int64_t ld = prepared_row_bytes(w.K), kg = w.kg(), G = w.g();
+  const int64_t p0 = n0 / kPanelCols, p1 = (n1 + kPanelCols - 1) / kPanelCols;
+  const int64_t M = m1 - m0;
+  // The last panel of a weight whose N is not a multiple of 16 is narrower
+  // (packed.h); give the kernel a zero-padded full-width copy of it.
+  std::vector<int8_t> tail;
+  if (w.panel_cols(p1 - 1) < kPanelCols) {
+    const int cols = w.panel_cols(p1 - 1);
+    tail.assign(static_cast<size_t>(64 * G), 0);
+    const int8_t* src = w.panel(p1 - 1);
+    for (int64_t q = 0; q < G; ++q) std::memcpy(tail.data() + q * 64, src + q * 4 * cols, 4 * cols);
+  }
+  const auto panel = [&](int64_t p) { return p == p1 - 1 && !tail.empty() ? tail.data() : w.panel(p); };
+  // Zero points with the +128 shift of int8 activations folded in.
+  std::vector<int32_t> zp(static_cast<size_t>(M));
+  for (int64_t i = 0; i < M; ++i) zp[i] = ep.zp[m0 + i] + (a_signed ? 128 : 0);
+  // One K block when the tile has a single micro-row: nothing is reused then.
+  const int64_t qc = M <= kMr ? std::max<int64_t>(kg, 1) : kQc;
+  const bool stream = M == 1;
+  std::vector<int32_t> stage(qc < kg ? static_cast<size_t>(M * kNp * 16 * ((p1 - p0 + kNp - 1) / kNp)) : 0);
+  const int64_t chunks = (p1 - p0 + kNp - 1) / kNp;
+  // (K = 0 still runs one empty block: the epilogue writes the bias.)
+  for (int64_t q0 = 0; q0 < std::max<int64_t>(kg, 1); q0 += qc) {
+    const int64_t qn = std::min(qc, kg - q0);
+    for (int64_t j = 0; j < chunks; ++j) {
+      const int64_t pa = p0 + j * kNp;
+      const int np = static_cast<int>(std::min<int64_t>(kNp, p1 - pa));
+      for (int64_t r0 = 0; r0 < M; r0 += kMr) {
+        const int rows = static_cast<int>(std::min<int64_t>(kMr, M - r0));
+        Tile t;
+        t.a = prepared + (m0 + r0) * ld + q0 * 4;
+        t.lda = ld;
+        for (int c = 0; c < np; ++c) {
+          t.w[c] = panel(pa + c) + q0 * 64;
+          t.w_sum[c] = reinterpret_cast<const int32_t*>(panel(pa + c) + kg * 64);
+        }
+        t.qn = qn;
+        t.stage = stage.empty() ? nullptr : stage.data() + (j * M + r0) * kNp * 16;
+        t.load = q0 > 0;
+        t.finish = q0 + qn >= kg;
+        t.zp = zp.data() + r0;
+        t.x_scale = ep.x_scale + m0 + r0;
+        const int64_t c0 = pa * kPanelCols;
+        t.w_scale = ep.w_scale + c0;
+        t.bias = ep.bias != nullptr ? ep.bias + c0 : nullptr;
+        t.y = ep.y + (m0 + r0) * ep.ldy + c0;
+        t.ldy = ep.ldy;
+        t.cols = static_cast<int>(std::min<int64_t>(n1, w.N) - c0);
+        (stream ? kMicrosPrefetch : kMicros)[rows - 1][np - 1](t);
+      }
+    }
+  }
+}
+
+// The plain-layout kernel (few rows, unpacked weight): one dot product per
+// output, reduced horizontally.
+namespace {
+
+constexpr int kPr = 4;
+constexpr int kPc = 4;
+constexpr int kStep = 64;
 
 template <int R, int C>
-void micro(const uint8_t* a, int64_t kp, const int8_t* const* w, int64_t K, int32_t* d,
-           int64_t ldd) {
+void plain_micro(const uint8_t* a, int64_t kp, const int8_t* const* w, int64_t K, int32_t* d,
+                 int64_t ldd) {
   __m512i acc[R][C];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
@@ -53,16 +248,14 @@ void micro(const uint8_t* a, int64_t kp, const int8_t* const* w, int64_t K, int3
     for (int c = 0; c < C; ++c) d[r * ldd + c] = _mm512_reduce_add_epi32(acc[r][c]);
 }
 
-using Micro = void (*)(const uint8_t*, int64_t, const int8_t* const*, int64_t, int32_t*, int64_t);
-
+using PlainMicro = void (*)(const uint8_t*, int64_t, const int8_t* const*, int64_t, int32_t*, int64_t);
 template <int R, int C>
-constexpr Micro kMicro = &micro<R, C>;
-
-constexpr Micro kMicros[kMr][kNr] = {
-    {kMicro<1, 1>, kMicro<1, 2>, kMicro<1, 3>, kMicro<1, 4>},
-    {kMicro<2, 1>, kMicro<2, 2>, kMicro<2, 3>, kMicro<2, 4>},
-    {kMicro<3, 1>, kMicro<3, 2>, kMicro<3, 3>, kMicro<3, 4>},
-    {kMicro<4, 1>, kMicro<4, 2>, kMicro<4, 3>, kMicro<4, 4>}};
+constexpr PlainMicro kPlain = &plain_micro<R, C>;
+constexpr PlainMicro kPlainMicros[kPr][kPc] = {
+    {kPlain<1, 1>, kPlain<1, 2>, kPlain<1, 3>, kPlain<1, 4>},
+    {kPlain<2, 1>, kPlain<2, 2>, kPlain<2, 3>, kPlain<2, 4>},
+    {kPlain<3, 1>, kPlain<3, 2>, kPlain<3, 3>, kPlain<3, 4>},
+    {kPlain<4, 1>, kPlain<4, 2>, kPlain<4, 3>, kPlain<4, 4>}};
 
 }  // namespace
 
@@ -78,14 +271,14 @@ void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_
     const uint8_t* src = static_cast<const uint8_t*>(a) + m * lda;
     for (int64_t k = 0; k < K; ++k) a8[m * kp + k] = src[k] ^ flip;
   }
-  for (int64_t m0 = 0; m0 < M; m0 += kMr) {
-    const int rows = static_cast<int>(std::min<int64_t>(kMr, M - m0));
-    for (int64_t n0 = 0; n0 < N; n0 += kNr) {
-      const int cols = static_cast<int>(std::min<int64_t>(kNr, N - n0));
-      const int8_t* wrow[kNr];
+  for (int64_t m0 = 0; m0 < M; m0 += kPr) {
+    const int rows = static_cast<int>(std::min<int64_t>(kPr, M - m0));
+    for (int64_t n0 = 0; n0 < N; n0 += kPc) {
+      const int cols = static_cast<int>(std::min<int64_t>(kPc, N - n0));
+      const int8_t* wrow[kPc];
       for (int c = 0; c < cols; ++c) wrow[c] = w + (n0 + c) * ldw;
       int32_t* out = d + m0 * ldd + n0;
-      kMicros[rows - 1][cols - 1](a8.data() + m0 * kp, kp, wrow, K, out, ldd);
+      kPlainMicros[rows - 1][cols - 1](a8.data() + m0 * kp, kp, wrow, K, out, ldd);
       if (a_signed) {
         for (int r = 0; r < rows; ++r)
           for (int c = 0; c < cols; ++c)  // wrapping int32 arithmetic, exact in the end
@@ -94,6 +287,34 @@ void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_
       }
     }
   }
+}
+
+__attribute__((noinline)) static void vnni_loop(int64_t n, __m512i* out) {
+  __m512i acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_epi32(i);
+  const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(5);
+  for (int64_t k = 0; k < n; ++k) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+  }
+  for (int i = 1; i < 16; ++i) acc[0] = _mm512_add_epi32(acc[0], acc[i]);
+  *out = acc[0];
+}
+
+double vnni_peak(double seconds) {
+  volatile int64_t iters = 1 << 16;
+  __m512i sink;
+  vnni_loop(iters, &sink);  // warm up
+  int64_t calls = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double t = 0;
+  do {
+    vnni_loop(iters, &sink);
+    ++calls;
+    t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (t < seconds);
+  // 16 instructions x 64 multiply-adds (two operations each) per iteration.
+  return 2.0 * 64 * 16 * static_cast<double>(iters) * static_cast<double>(calls) / t;
 }
 
 }  // namespace torch_quant::cpu::avx512_vnni

@@ -18,7 +18,6 @@
 
 #include "../checks.h"
 #include "../quant_math.h"
-#include "output_alloc.h"
 #include "row_kernels.h"
 #include "../visit.h"
 
@@ -137,7 +136,7 @@ at::Tensor quantize_cpu(const at::Tensor& x_in, const at::Tensor& scale,
                           ValueCheck::Read);
 
   const at::Tensor x = x_in.contiguous();
-  at::Tensor q = empty_output(x.sizes(), code_dtype(mode));
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(code_dtype(mode)));
   // inv_scale = 1.0f / scale in float32, exactly as torch.quantize_per_* does.
   std::vector<float> inv_scale(s.numel()), zp = as_floats(z);
   const float* sp = s.const_data_ptr<float>();
@@ -172,7 +171,7 @@ at::Tensor dequantize_cpu(const at::Tensor& q_in, const at::Tensor& scale,
   const auto code = q_in.scalar_type();
 
   const at::Tensor q = q_in.contiguous();
-  at::Tensor x = empty_output(q.sizes(), out_dtype);
+  at::Tensor x = at::empty(q.sizes(), q.options().dtype(out_dtype));
   const float* sp = s.const_data_ptr<float>();
   const std::vector<float> zp = as_floats(z);
 
@@ -203,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cpu(
   const auto row_shape = x.sizes().slice(0, x.dim() - 1);
   const int64_t k = x.size(-1);
   const int64_t rows = c10::multiply_integers(row_shape);
-  at::Tensor q = empty_output(x.sizes(), code_dtype(mode));
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(code_dtype(mode)));
   at::Tensor scale = at::empty(row_shape, x.options().dtype(at::kFloat));
   at::Tensor zero_point = at::empty(row_shape, x.options().dtype(at::kInt));
   const QRange range = qrange(mode, static_cast<int>(bits));

@@ -287,6 +287,7 @@ at::Tensor quantized_linear_cuda(const at::Tensor& x_q, const at::Tensor& x_scal
   const QuantizedLinearArgs args = check_quantized_linear_args(
       "torch_quant.quantized_linear", x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum,
       out_dtype, ValueCheck::Once);
+  check_plain_weight("torch_quant.quantized_linear", w_q);
   const c10::cuda::CUDAGuard guard(x_q.device());
   const at::Tensor x = x_q.contiguous();
   return linear(x, x_scale.to(at::kFloat).contiguous(), x_zero_point.to(at::kInt).contiguous(),
@@ -302,6 +303,7 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
   constexpr const char* op = "torch_quant.dynamic_quantized_linear";
   const DynamicLinearArgs args = check_dynamic_quantized_linear_args(
       op, x_in, w_q, w_scale, bias, w_sum, act_mode, ValueCheck::Once);
+  check_plain_weight(op, w_q);
   const Mode mode = args.mode;
   const c10::cuda::CUDAGuard guard(x_in.device());
   // Two kernels: the per-token one writes int8 codes (asymmetric ones as

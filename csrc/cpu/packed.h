@@ -1,0 +1,73 @@
+// The packed weight layout that every CPU GEMM kernel reads (docs/semantics.md,
+// "Packed weights"). One layout for all instruction sets, so a packed weight
+// never has to be repacked when the kernel path changes.
+//
+// A [N, K] int8 weight becomes an int8 tensor of shape [N, G, 4] with
+// Kg = ceil(K / 4) groups of four k and G = Kg + 2: per column, its Kg groups
+// of four weights (zero padded past K), then its sum sum_k w[n, k] as a
+// little-endian int32, then an int32 of flags (bit 0: the column holds -128).
+// The bytes are ordered in panels of 16 columns: panel p holds columns
+// 16p .. 16p + c - 1 (c = 16, or what is left for the last panel) and starts
+// at byte p * 64 * G; inside it, group q of column 16p + j is at q * 4c + 4j.
+// A full panel is thus G rows of 64 bytes: one zmm (or two ymm) of "four k of
+// 16 columns" per group, the order vpdpbusd and vpmaddubsw consume, and a
+// last row-pair of sums and flags the epilogue loads as vectors. The last,
+// narrower panel keeps the tensor exactly N * G * 4 bytes, so that N (the
+// output width) is the tensor's first dimension.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace torch_quant::cpu {
+
+constexpr int64_t kPanelCols = 16;
+constexpr int32_t kFlagHasMin = 1;  // the column holds -128
+
+inline int64_t packed_groups(int64_t K) { return (K + 3) / 4; }
+
+// A packed weight as the kernels see it.
+struct PackedWeight {
+  const int8_t* data;
+  int64_t N, K;
+
+  int64_t kg() const { return packed_groups(K); }
+  int64_t g() const { return kg() + 2; }
+  int64_t panels() const { return (N + kPanelCols - 1) / kPanelCols; }
+  int panel_cols(int64_t p) const {
+    const int64_t left = N - p * kPanelCols;
+    return static_cast<int>(left < kPanelCols ? left : kPanelCols);
+  }
+  // Start of panel p; group q of its column j is at panel(p) + q * 4 * cols + 4 * j.
+  const int8_t* panel(int64_t p) const { return data + p * 64 * g(); }
+  int32_t word(int64_t n, int64_t q) const {
+    const int64_t p = n / kPanelCols;
+    int32_t v;
+    std::memcpy(&v, panel(p) + q * 4 * panel_cols(p) + 4 * (n % kPanelCols), 4);
+    return v;
+  }
+  int32_t sum(int64_t n) const { return word(n, kg()); }
+  int32_t flags(int64_t n) const { return word(n, kg() + 1); }
+  int8_t at(int64_t n, int64_t k) const {
+    const int64_t p = n / kPanelCols;
+    return panel(p)[(k / 4) * 4 * panel_cols(p) + 4 * (n % kPanelCols) + k % 4];
+  }
+  // Whether any column of panel p holds -128 (the AVX2 panel kernel cannot
+  // take those, gemm_avx2.cpp says why).
+  bool panel_has_min(int64_t p) const {
+    for (int j = 0; j < panel_cols(p); ++j)
+      if (flags(p * kPanelCols + j) & kFlagHasMin) return true;
+    return false;
+  }
+};
+
+// Packs columns [n0, n1) of w ([N, K], row stride ldw) into out, the whole
+// packed tensor (N * (packed_groups(K) + 2) * 4 bytes).
+void pack_columns(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int64_t n0, int64_t n1,
+                  int8_t* out);
+// The whole weight, in parallel.
+void pack(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* out);
+// The inverse: out is [N, K] (row stride K).
+void unpack(const PackedWeight& pw, int8_t* out);
+
+}  // namespace torch_quant::cpu
