@@ -59,8 +59,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
           return 0.0;
         },
-        pybind11::arg("seconds") = 0.2,
-        "Ops/s of a plain vpdpbusd loop on the calling thread; 0 without AVX512_VNNI.");
+        pybind11::arg("seconds") = 0.2, pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "Ops/s of a plain vpdpbusd loop on the calling thread; 0 without AVX512_VNNI. "
+        "Releases the GIL, so that one call per thread measures them all together.");
   // The value checks the CUDA ops make once per tensor version
   // (csrc/checked_values.h), callable on any tensor so that CPU tests cover them.
   m.def("_check_scale_values_once",
