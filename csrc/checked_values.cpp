@@ -70,7 +70,10 @@ void check_not_capturing(const char* op, const at::Tensor& t, const char* name) 
 #ifdef TORCH_QUANT_WITH_CUDA
   if (t.is_cuda()) {
     const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream(t.device().index());
-    TORCH_CHECK(!c10::cuda::isStreamCapturingMayInitCtx(stream.stream()), op, ": the values of ",
+    // (cudaStreamIsCapturing itself: c10's wrapper of it is newer than torch 2.11)
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream.stream(), &status));
+    TORCH_CHECK(status != cudaStreamCaptureStatusActive, op, ": the values of ",
                 name, " must be checked once before a CUDA graph capture that uses them (they "
                 "cannot be read during it): call the op with this tensor once before capturing. "
                 "Parameters made by torch_quant ops need no check");
