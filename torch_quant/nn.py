@@ -24,6 +24,7 @@ __all__ = ["QuantLinear", "ACT_MODES", "ACT_GRANULARITIES"]
 ACT_MODES = ("symmetric", "asymmetric")
 ACT_GRANULARITIES = ("per_token", "per_tensor")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_DYNAMIC_LINEAR = torch.ops.torch_quant.dynamic_quantized_linear.default
 
 
 def check_setting(where: str, name: str, value: object, allowed) -> None:
@@ -111,13 +112,14 @@ class QuantLinear(nn.Module):
         if x.dtype not in _FLOATS:
             raise TypeError(f"QuantLinear: input must be float32, float16 or bfloat16, "
                             f"got {x.dtype}")
-        # A packed weight carries its own column sums.
-        w_sum = None if ops.is_packed_weight(self.weight) else self.weight_sum
+        # A packed weight carries its own column sums. (The ops are called
+        # directly: at decode sizes the Python around them is a visible share.)
+        w = self.weight
+        w_sum = None if w.dim() == 3 else self.weight_sum
         if self.act_granularity == "per_token":
-            return ops.dynamic_quantized_linear(x, self.weight, self.weight_scale, self.bias,
-                                                w_sum, self.act_mode)
+            return _DYNAMIC_LINEAR(x, w, self.weight_scale, self.bias, w_sum, self.act_mode)
         x_q = ops.quantize(x, self.input_scale, self.input_zero_point, self.act_mode)
-        return ops.quantized_linear(x_q, self.input_scale, self.input_zero_point, self.weight,
+        return ops.quantized_linear(x_q, self.input_scale, self.input_zero_point, w,
                                     self.weight_scale, self.bias, w_sum, out_dtype=x.dtype)
 
     def plain_weight(self) -> Tensor:

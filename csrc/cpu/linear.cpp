@@ -117,7 +117,9 @@ void linear(const Activations& act, const at::Tensor& w, const std::optional<at:
   const bool any_zp = std::any_of(act.zp, act.zp + M, [](int32_t z) { return z != 0; });
   const bool need_sums = !use_packed && (any_zp || (act.a_signed ? kern.plain_needs_sums_signed
                                                                  : kern.plain_needs_sums_unsigned));
-  const at::Tensor sums = need_sums ? weight_sums(w, w_sum_arg) : at::zeros({N}, w.options().dtype(at::kInt));
+  const at::Tensor sums = need_sums   ? weight_sums(w, w_sum_arg)
+                          : use_packed ? at::Tensor()
+                                       : at::zeros({N}, w.options().dtype(at::kInt));
   const int32_t* sp = use_packed ? nullptr : sums.const_data_ptr<int32_t>();
   const int8_t* wp = use_packed ? nullptr : w.const_data_ptr<int8_t>();
 
