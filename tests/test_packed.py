@@ -40,7 +40,7 @@ def layout_reference(w: torch.Tensor) -> torch.Tensor:
         base = p * 64 * G + 4 * j
         for k in range(K):
             out[base + (k // 4) * 4 * cols + k % 4] = int(w[n, k]) & 0xFF
-        flags = 1 if K and int(w[n].min()) == -128 else 0
+        flags = (1 if K and int(w[n].min()) == -128 else 0) | (K << 8)
         out[base + kg * 4 * cols: base + kg * 4 * cols + 4] = (sums[n] & 0xFFFFFFFF).to_bytes(4, "little")
         out[base + (kg + 1) * 4 * cols: base + (kg + 1) * 4 * cols + 4] = flags.to_bytes(4, "little")
     return torch.frombuffer(out, dtype=torch.int8).reshape(N, G, 4) if out else \
@@ -56,6 +56,23 @@ def test_layout_matches_the_documented_one(gen, N, K):
     assert packed.dtype == torch.int8 and packed.shape == (N, (K + 3) // 4 + 2, 4)
     assert_same(packed, layout_reference(w), "layout")
     assert_same(tq.unpack_weight(packed, K), w, "round trip")
+
+
+@pytest.mark.parametrize("packed_k,k", [(8, 5), (5, 8), (7, 6), (4, 3)])
+def test_a_k_with_the_same_group_count_is_caught(packed_k, k):
+    """ceil(k / 4) equal, so the shapes pass; the K stored in the flags does not."""
+    packed = tq.pack_weight(torch.ones(16, packed_k, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match=f"dynamic_quantized_linear: K mismatch: w_q was packed "
+                                           f"from a weight with K = {packed_k} columns, but K = {k}"):
+        tq.dynamic_quantized_linear(torch.randn(2, k), packed, torch.ones(16))
+    with pytest.raises(RuntimeError, match="quantized_linear: K mismatch"):
+        tq.quantized_linear(torch.zeros(1, k, dtype=torch.int8), torch.tensor(1.0),
+                            torch.tensor(0), packed, torch.ones(16))
+    with pytest.raises(RuntimeError, match="unpack_weight: K mismatch"):
+        tq.unpack_weight(packed, k)
+    q = tq.QuantLinear.from_float(nn.Linear(packed_k, 16))
+    with pytest.raises(RuntimeError, match="K mismatch"):
+        q(torch.randn(3, k))
 
 
 def test_pack_takes_non_contiguous_weights(gen):
@@ -256,3 +273,19 @@ def test_quantizing_a_model_holds_no_second_copy_of_any_weight():
     # before: the float weights (96 MiB); after: they are gone and 24 MiB of
     # int8 (packed: +8 bytes a column) remain. Allow 8 MiB of allocator slack.
     assert after <= base - float_bytes + int8_bytes * 1.01 + (8 << 20), (base, after)
+
+
+def test_a_layer_under_two_names_is_saved_once(tmp_path):
+    """state_dict unpacks the weight anew on every call; tq.save still knows the
+    two names hold one weight (by its packed buffer) and writes it once."""
+    from safetensors import safe_open
+    model = nn.Sequential(nn.Linear(8, 8))
+    model.add_module("again", model[0])
+    tq.quantize_model(model, progress=False)
+    path = tmp_path / "m.safetensors"
+    tq.save(model, path)
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        aliases = f.metadata()["aliases"]
+    assert "0.weight" in keys and "again.weight" not in keys
+    assert '"again.weight": "0.weight"' in aliases

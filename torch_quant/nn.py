@@ -41,7 +41,8 @@ class QuantLinear(nn.Module):
     on CPU it is held packed, ``[out, ceil(in / 4) + 2, 4]``, see
     ``ops.pack_weight``; :meth:`plain_weight` gives ``[out, in]`` anywhere),
     ``weight_scale`` float32 ``[out]``, ``weight_sum`` int32 ``[out]`` (row sums
-    of ``weight``, used for the zero-point correction), ``bias`` float32
+    of ``weight``, for the zero-point correction of the CUDA kernels; a packed
+    weight holds its own), ``bias`` float32
     ``[out]`` or None, and for ``act_granularity="per_tensor"`` the 0-dim
     ``input_scale`` (float32) and ``input_zero_point`` (int32).
 
@@ -62,10 +63,8 @@ class QuantLinear(nn.Module):
         # Created outside inference mode even when the caller is in it, so that
         # load_state_dict can write them later outside it.
         with torch.inference_mode(False):
-            # All-zero bytes are also a valid packed zero weight (sums 0, flags 0).
-            shape = ((out_features, in_features) if not _packs(device) else
-                     (out_features, (in_features + 3) // 4 + 2, 4))
-            self.register_buffer("weight", torch.zeros(shape, dtype=torch.int8, device=device))
+            w = torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
+            self.register_buffer("weight", ops.pack_weight(w) if _packs(w.device) else w)
             self.register_buffer("weight_scale", torch.ones(out_features, device=device))
             self.register_buffer("weight_sum", torch.zeros(out_features, dtype=torch.int32,
                                                            device=device))

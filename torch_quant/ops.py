@@ -153,9 +153,11 @@ def pack_weight(w_q: Tensor) -> Tensor:
     The result is an int8 tensor of shape ``[N, ceil(K / 4) + 2, 4]`` (the
     same bytes as the plain weight plus 8 per column: its sum and flags),
     ordered in panels of 16 columns; see docs/semantics.md, "Packed weights".
-    It is an ordinary tensor that the caller owns: nothing is cached, and
-    writing to it changes the weight the ops see. One layout serves every CPU
-    instruction set. The CUDA kernels read plain weights only.
+    It is an ordinary tensor that the caller owns: nothing is cached. Treat
+    it as a whole: it also holds each column's sum and flags (and the K it was
+    packed with, checked on every call), so write a new weight by packing it
+    (``w_packed.copy_(pack_weight(w))``) and do not slice it. One layout serves
+    every CPU instruction set. The CUDA kernels read plain weights only.
     """
     return _ops.pack_weight.default(w_q)
 
@@ -322,6 +324,11 @@ def _check_linear_weight(op: str, x: Tensor, w_q, w_scale, bias, w_sum) -> int:
         torch._check(
             w_sum is None,
             lambda: f"{op}: w_sum must be None with a packed w_q (it holds its own column sums)",
+        )
+        torch._check(
+            x.device.type in ("cpu", "meta"),
+            lambda: f"{op}: a packed w_q (pack_weight) is a CPU layout; on {w_q.device} pass the "
+            "plain [N, K] weight (unpack_weight; QuantLinear.to() converts its own)",
         )
     else:
         torch._check(

@@ -48,10 +48,17 @@ def save(model: nn.Module, path: PathLike) -> None:
     tensors: Dict[str, Tensor] = {}
     aliases: Dict[str, str] = {}
     seen: Dict[tuple, str] = {}
+    # A QuantLinear's state_dict weight is unpacked anew on every call: know
+    # it by the packed buffer it comes from, so that a layer registered under
+    # two names is still written once.
+    packed_of = {f"{name}.weight" if name else "weight": m.weight
+                 for name, m in model.named_modules(remove_duplicate=False)
+                 if isinstance(m, QuantLinear)}
     for key, t in model.state_dict().items():
         t = t.detach()
-        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                 tuple(t.stride()), t.dtype)
+        src = packed_of.get(key, t)
+        ident = (src.device, src.untyped_storage().data_ptr(), src.storage_offset(),
+                 tuple(src.shape), tuple(src.stride()), src.dtype)
         if t.numel() and ident in seen:
             aliases[key] = seen[ident]
             continue

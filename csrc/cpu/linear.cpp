@@ -70,7 +70,7 @@ struct Activations {
 };
 
 // Writes y = the epilogue of the product of `act` and `w` into out (dtype out_dtype).
-void linear(const Activations& act, const at::Tensor& w, const std::optional<at::Tensor>& w_sum_arg,
+void linear(const char* op, const Activations& act, const at::Tensor& w, const std::optional<at::Tensor>& w_sum_arg,
             const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::Tensor& out) {
   const int64_t M = act.M, K = act.K, N = out.size(-1);
   // The kernels of one ISA for the whole call (gemm.h says why).
@@ -84,6 +84,7 @@ void linear(const Activations& act, const at::Tensor& w, const std::optional<at:
   PackedWeight pw{nullptr, N, K};
   if (packed_arg) {
     pw.data = w.const_data_ptr<int8_t>();
+    check_packed_k(op, "w_q", pw);
   } else if (use_packed) {
     packed_tmp = at::empty({N, packed_groups(K) + 2, 4}, w.options());
     pack(w.const_data_ptr<int8_t>(), K, N, K, packed_tmp.mutable_data_ptr<int8_t>());
@@ -175,7 +176,8 @@ at::Tensor quantized_linear_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
     scales[m] = xs[m];
     zps[m] = xz[m];
   }
-  linear(Activations{x.const_data_ptr(), args.a_signed, M, K, scales.data(), zps.data(), {}},
+  linear("torch_quant.quantized_linear",
+         Activations{x.const_data_ptr(), args.a_signed, M, K, scales.data(), zps.data(), {}},
          w_q.contiguous(), w_sum, args.w_scale, bias, out);
   return out;
 }
@@ -223,7 +225,8 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
       }
     });
   };
-  linear(Activations{codes, a_signed, M, K, scales.data(), zps.data(), fill}, w_q.contiguous(),
+  linear("torch_quant.dynamic_quantized_linear",
+         Activations{codes, a_signed, M, K, scales.data(), zps.data(), fill}, w_q.contiguous(),
          w_sum, ws, bias, out);
   return out;
 }

@@ -33,7 +33,8 @@ void pack_columns(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int64_t n0
       std::memcpy(tail, row + 4 * kfull, static_cast<size_t>(K - 4 * kfull));
       std::memcpy(dst + kfull * stride, tail, 4);
     }
-    const int32_t flags = has_min ? kFlagHasMin : 0;
+    const int32_t flags =
+        static_cast<int32_t>(K << kFlagKShift) | (has_min ? kFlagHasMin : 0);
     std::memcpy(dst + kg * stride, &sum, 4);
     std::memcpy(dst + (kg + 1) * stride, &flags, 4);
   }
@@ -62,6 +63,13 @@ void unpack(const PackedWeight& pw, int8_t* out) {
                    });
 }
 
+void check_packed_k(const char* op, const char* name, const PackedWeight& pw) {
+  if (pw.N == 0) return;
+  const int64_t packed_k = pw.flags(0) >> kFlagKShift;
+  TORCH_CHECK(packed_k == pw.K, op, ": K mismatch: ", name, " was packed from a weight with K = ",
+              packed_k, " columns, but K = ", pw.K, " here");
+}
+
 namespace {
 
 at::Tensor pack_weight_cpu(const at::Tensor& w_q) {
@@ -77,9 +85,10 @@ at::Tensor unpack_weight_cpu(const at::Tensor& w_packed, int64_t K) {
   check_unpack_weight_args("torch_quant.unpack_weight", w_packed, K);
   const at::Tensor pw = w_packed.contiguous();
   const int64_t N = pw.size(0);
+  const PackedWeight view{pw.const_data_ptr<int8_t>(), N, K};
+  check_packed_k("torch_quant.unpack_weight", "w_packed", view);
   at::Tensor out = at::empty({N, K}, pw.options());
-  if (out.numel() > 0) unpack(PackedWeight{pw.const_data_ptr<int8_t>(), N, K},
-                              out.mutable_data_ptr<int8_t>());
+  if (out.numel() > 0) unpack(view, out.mutable_data_ptr<int8_t>());
   return out;
 }
 

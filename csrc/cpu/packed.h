@@ -5,7 +5,8 @@
 // A [N, K] int8 weight becomes an int8 tensor of shape [N, G, 4] with
 // Kg = ceil(K / 4) groups of four k and G = Kg + 2: per column, its Kg groups
 // of four weights (zero padded past K), then its sum sum_k w[n, k] as a
-// little-endian int32, then an int32 of flags (bit 0: the column holds -128).
+// little-endian int32, then an int32 of flags (bit 0: the column holds -128;
+// bits 8 and up: K, so that a K with the same ceil(K / 4) is caught).
 // The bytes are ordered in panels of 16 columns: panel p holds columns
 // 16p .. 16p + c - 1 (c = 16, or what is left for the last panel) and starts
 // at byte p * 64 * G; inside it, group q of column 16p + j is at q * 4c + 4j.
@@ -23,6 +24,7 @@ namespace torch_quant::cpu {
 
 constexpr int64_t kPanelCols = 16;
 constexpr int32_t kFlagHasMin = 1;  // the column holds -128
+constexpr int kFlagKShift = 8;      // flags >> kFlagKShift: the K it was packed with
 
 inline int64_t packed_groups(int64_t K) { return (K + 3) / 4; }
 
@@ -60,6 +62,11 @@ struct PackedWeight {
     return false;
   }
 };
+
+// Checks that the packed weight w_packed ([N, G, 4] int8, contiguous, on the
+// CPU) was packed from a weight with K columns (the flags hold it): a K with
+// the same ceil(K / 4) passes the shape checks but would read the wrong sums.
+void check_packed_k(const char* op, const char* name, const PackedWeight& pw);
 
 // Packs columns [n0, n1) of w ([N, K], row stride ldw) into out, the whole
 // packed tensor (N * (packed_groups(K) + 2) * 4 bytes).
