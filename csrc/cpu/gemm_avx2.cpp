@@ -214,22 +214,15 @@ void prepare_rows(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t 
 
 void gemm_packed(const uint8_t* prepared, const void* a, bool a_signed, const PackedWeight& w,
                  int64_t m0, int64_t m1, int64_t n0, int64_t n1, const Epilogue& ep) {
-  const int64_t K = w.K, kg = w.kg(), G = w.g(), M = m1 - m0;
+  const int64_t K = w.K, kg = w.kg(), M = m1 - m0;
   const int64_t p0 = n0 / kPc, p1 = (n1 + kPc - 1) / kPc, ldd = (p1 - p0) * kPc;
   const int32_t* s32 = reinterpret_cast<const int32_t*>(prepared) + m0 * 2 * kg;
   const int64_t lds = 2 * kg;  // int32 per split row
   std::vector<int32_t> d(static_cast<size_t>(M * ldd));
   // The last, narrower panel (packed.h) as a zero-padded full-width copy.
   std::vector<int8_t> tail;
-  if (w.panel_cols(p1 - 1) < kPc) {
-    const int cols = w.panel_cols(p1 - 1);
-    tail.assign(static_cast<size_t>(64 * G), 0);
-    for (int64_t q = 0; q < G; ++q)
-      std::memcpy(tail.data() + q * 64, w.panel(p1 - 1) + q * 4 * cols, 4 * cols);
-  }
-  const auto panel = [&](int64_t p) {
-    return p == p1 - 1 && !tail.empty() ? tail.data() : w.panel(p);
-  };
+  const int8_t* last = w.full_panel(p1 - 1, tail);
+  const auto panel = [&](int64_t p) { return p == p1 - 1 ? last : w.panel(p); };
   std::vector<char> dirty(static_cast<size_t>(p1 - p0));
   for (int64_t p = p0; p < p1; ++p) dirty[p - p0] = w.panel_has_min(p);
   for (int64_t q0 = 0; q0 < kg; q0 += kQc) {

@@ -171,19 +171,14 @@ void prepare_rows(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t 
 namespace {
 void run_packed(const uint8_t* prepared, bool a_signed, const PackedWeight& w, int64_t m0,
                 int64_t m1, int64_t n0, int64_t n1, const Epilogue& ep) {
-  const int64_t ld = prepared_row_bytes(w.K), kg = w.kg(), G = w.g();
+  const int64_t ld = prepared_row_bytes(w.K), kg = w.kg();
   const int64_t p0 = n0 / kPanelCols, p1 = (n1 + kPanelCols - 1) / kPanelCols;
   const int64_t M = m1 - m0;
   // The last panel of a weight whose N is not a multiple of 16 is narrower
   // (packed.h); give the kernel a zero-padded full-width copy of it.
   std::vector<int8_t> tail;
-  if (w.panel_cols(p1 - 1) < kPanelCols) {
-    const int cols = w.panel_cols(p1 - 1);
-    tail.assign(static_cast<size_t>(64 * G), 0);
-    const int8_t* src = w.panel(p1 - 1);
-    for (int64_t q = 0; q < G; ++q) std::memcpy(tail.data() + q * 64, src + q * 4 * cols, 4 * cols);
-  }
-  const auto panel = [&](int64_t p) { return p == p1 - 1 && !tail.empty() ? tail.data() : w.panel(p); };
+  const int8_t* last = w.full_panel(p1 - 1, tail);
+  const auto panel = [&](int64_t p) { return p == p1 - 1 ? last : w.panel(p); };
   // Zero points with the +128 shift of int8 activations folded in.
   std::vector<int32_t> zp(static_cast<size_t>(M));
   for (int64_t i = 0; i < M; ++i) zp[i] = ep.zp[m0 + i] + (a_signed ? 128 : 0);

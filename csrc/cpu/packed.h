@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace torch_quant::cpu {
 
@@ -53,6 +54,16 @@ struct PackedWeight {
   int8_t at(int64_t n, int64_t k) const {
     const int64_t p = n / kPanelCols;
     return panel(p)[(k / 4) * 4 * panel_cols(p) + 4 * (n % kPanelCols) + k % 4];
+  }
+  // Panel p as a full-width panel (16 columns, 64-byte groups), zero padded:
+  // the kernels read the last, narrower panel through such a copy. Returns
+  // panel(p) itself when it is full width; else fills `buf` (64 * g() bytes).
+  const int8_t* full_panel(int64_t p, std::vector<int8_t>& buf) const {
+    const int cols = panel_cols(p);
+    if (cols == kPanelCols) return panel(p);
+    buf.assign(static_cast<size_t>(64 * g()), 0);
+    for (int64_t q = 0; q < g(); ++q) std::memcpy(buf.data() + q * 64, panel(p) + q * 4 * cols, 4 * cols);
+    return buf.data();
   }
   // Whether any column of panel p holds -128 (the AVX2 panel kernel cannot
   // take those, gemm_avx2.cpp says why).
