@@ -55,7 +55,9 @@ def test_layout_matches_the_documented_one(gen, N, K):
     packed = tq.pack_weight(w)
     assert packed.dtype == torch.int8 and packed.shape == (N, (K + 3) // 4 + 2, 4)
     assert_same(packed, layout_reference(w), "layout")
+    assert_same(packed, ref.pack_weight(w), "reference.pack_weight")
     assert_same(tq.unpack_weight(packed, K), w, "round trip")
+    assert_same(ref.unpack_weight(packed, K), w, "reference.unpack_weight")
 
 
 @pytest.mark.parametrize("packed_k,k", [(8, 5), (5, 8), (7, 6), (4, 3)])

@@ -186,3 +186,50 @@ def dynamic_quantized_linear(
     """quantize_per_token(x, act_mode) then quantized_linear, in x's dtype."""
     x_q, scale, zp = quantize_per_token(x, act_mode)
     return quantized_linear(x_q, scale, zp, w_q, w_scale, bias, w_sum, out_dtype=x.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Packed weights (docs/semantics.md, "Packed weights")
+
+PANEL_COLS = 16
+
+
+def _column_words(w_q: Tensor) -> Tensor:
+    """[N, G, 4] int8: per column its groups of four weights (zero padded),
+    then its sum and its flags (bit 0: holds -128; bits 8+: K) as
+    little-endian int32 bytes."""
+    N, K = w_q.shape
+    kg = (K + 3) // 4
+    groups = torch.zeros(N, kg * 4, dtype=torch.int8)
+    groups[:, :K] = w_q
+    sums = w_q.long().sum(1) if K else torch.zeros(N, dtype=torch.int64)
+    has_min = (w_q == -128).any(1).long() if K else torch.zeros(N, dtype=torch.int64)
+    flags = has_min | (K << 8)
+    words = torch.stack([sums, flags], 1).to(torch.int32).numpy().astype("<i4")
+    tail = torch.from_numpy(words.view(np.int8).reshape(N, 2, 4).copy())
+    return torch.cat([groups.reshape(N, kg, 4), tail], 1)
+
+
+def pack_weight(w_q: Tensor) -> Tensor:
+    """The packed layout of ``w_q`` ([N, K] int8): columns in panels of 16, a
+    panel's bytes ordered group by group (group q of its column j at
+    ``q * 4 * cols + 4 * j``)."""
+    cols = _column_words(w_q)
+    N, G = cols.shape[0], cols.shape[1]
+    out = []
+    for p0 in range(0, N, PANEL_COLS):
+        out.append(cols[p0:p0 + PANEL_COLS].permute(1, 0, 2).reshape(-1))
+    flat = torch.cat(out) if out else torch.empty(0, dtype=torch.int8)
+    return flat.reshape(N, G, 4)
+
+
+def unpack_weight(w_packed: Tensor, K: int) -> Tensor:
+    """The inverse of :func:`pack_weight`: the plain [N, K] weight."""
+    N, G = w_packed.shape[0], w_packed.shape[1]
+    flat = w_packed.reshape(-1)
+    cols = []
+    for p0 in range(0, N, PANEL_COLS):
+        c = min(PANEL_COLS, N - p0)
+        block = flat[p0 * G * 4:(p0 + c) * G * 4].reshape(G, c, 4).permute(1, 0, 2)
+        cols.append(block.reshape(c, G * 4)[:, :K])
+    return torch.cat(cols) if cols else torch.empty(0, K, dtype=torch.int8)
