@@ -21,15 +21,14 @@ from torch import Tensor, nn
 from . import ops
 from .nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float_weight_and_bias, is_conv1d
 
-__all__ = ["quantize_model", "AUTO_ASYMMETRIC_MSE_RATIO"]
+__all__ = ["quantize_model"]
 
-# act_mode="auto" takes asymmetric for a layer when that quantizes its
-# calibration inputs with less than this fraction of the symmetric mode's mean
-# squared error. Below 1 on purpose: on centred data asymmetric is a hair
-# better (its step is (hi - lo)/255 against max|x|/127, about 1% less error),
-# which is not worth a zero point; on inputs after ReLU it has about a quarter
-# of the error. (0.8 left SmolLM2's auto model 0.06% behind all-asymmetric.)
-AUTO_ASYMMETRIC_MSE_RATIO = 0.95
+# act_mode="auto" converts each layer both ways and keeps the mode whose
+# output on the layer's sampled calibration inputs (int8 weight, activations
+# quantized as the layer does) is closer to the float layer's output, in mean
+# squared error; an exact tie keeps symmetric (no zero point to apply). The
+# output, not the input, is what the next layer sees: an input channel that
+# the weight ignores does not count, one it amplifies counts more.
 
 SAMPLE_ROWS = 256  # input rows (tokens) kept per layer for statistics
 
@@ -201,13 +200,15 @@ def act_range_utilization(rows: Tensor, obs: "_Observer", mode: str, granularity
     return range_utilization(torch.tensor(obs.lo), torch.tensor(obs.hi), scale)
 
 
-def _mse(rows: Tensor, mode: str, granularity: str, percentile: Optional[float], obs) -> float:
-    if granularity == "per_token":
-        x_hat = fake_quantize(rows, mode, granularity)
-    else:
-        s, z = static_qparams(*_range(obs, percentile), mode)
-        x_hat = fake_quantize(rows, mode, granularity, s, z)
-    return float((rows.double() - x_hat.double()).pow(2).mean())
+def _output_mse(layer: nn.Module, q: QuantLinear, rows: Tensor) -> float:
+    """Mean squared difference between the quantized and the float layer's
+    outputs on ``rows`` (bias included in both, so it cancels)."""
+    weight, bias = float_weight_and_bias(layer)
+    with torch.no_grad():
+        y = torch.nn.functional.linear(rows, weight.detach().float(),
+                                       None if bias is None else bias.detach().float())
+        y_q = q(rows)
+    return float((y_q.double() - y.double()).pow(2).mean())
 
 
 def quantize_model(
@@ -224,11 +225,11 @@ def quantize_model(
     :class:`QuantLinear`, in place, and return ``model``.
 
     Args:
-        act_mode: "symmetric", "asymmetric", or "auto": per layer, asymmetric
-            when it quantizes the layer's calibration inputs with less than
-            ``AUTO_ASYMMETRIC_MSE_RATIO`` (0.95) of the symmetric mode's mean
-            squared error (inputs after ReLU, or otherwise skewed), else
-            symmetric (centred inputs). "auto" needs ``calibration_data``.
+        act_mode: "symmetric", "asymmetric", or "auto": per layer, the mode
+            whose output on the layer's calibration inputs is closer to the
+            float layer's (mean squared error; a tie keeps symmetric). Inputs
+            after ReLU, or otherwise one-sided, go asymmetric. "auto" needs
+            ``calibration_data``; the errors are in the layer's report.
         act_granularity: "per_token" (dynamic: scale per row, computed on
             every call) or "per_tensor" (static: one scale and zero point per
             layer from ``calibration_data``, which it needs).
@@ -294,19 +295,25 @@ def quantize_model(
         rows = obs.rows if obs is not None else None
         stats: dict = {"float_weight_bytes": sum(
             t.numel() * t.element_size() for t in (layer.weight, layer.bias) if t is not None)}
-        mode = act_mode
-        if act_mode == "auto":
-            mse = {m: _mse(rows, m, act_granularity, percentile, obs) for m in ACT_MODES}
-            stats["auto_mse"] = mse
-            # strict: equal errors (e.g. all-zero inputs) keep the zero point out
-            mode = ("asymmetric" if mse["asymmetric"] < AUTO_ASYMMETRIC_MSE_RATIO * mse["symmetric"]
-                    else "symmetric")
-        scale = zp = None
+        modes = ACT_MODES if act_mode == "auto" else (act_mode,)
         if act_granularity == "per_tensor":
             lo, hi = _range(obs, percentile)
             stats["calibrated_range"] = (lo, hi)
-            scale, zp = static_qparams(lo, hi, mode)
-        q = QuantLinear.from_float(layer, mode, act_granularity, scale, zp)
+        candidates = {}
+        for m in modes:
+            scale = zp = None
+            if act_granularity == "per_tensor":
+                scale, zp = static_qparams(lo, hi, m)
+            candidates[m] = (QuantLinear.from_float(layer, m, act_granularity, scale, zp),
+                             scale, zp)
+        mode = act_mode
+        if act_mode == "auto":
+            err = {m: _output_mse(layer, candidates[m][0], rows) for m in ACT_MODES}
+            stats["auto_output_mse"] = err
+            # strict: equal errors (e.g. all-zero inputs) keep the zero point out
+            mode = "asymmetric" if err["asymmetric"] < err["symmetric"] else "symmetric"
+        q, scale, zp = candidates[mode]
+        del candidates
         w = float_weight_and_bias(layer)[0].detach().float()
         stats["weight_sqnr_db"] = sqnr_db(w, q.dequantized_weight())
         if rows is not None:

@@ -35,6 +35,10 @@ class LayerReport:
     weight_sqnr_db: Optional[float]
     #: the same for the calibration inputs sampled for this layer, quantized as it does
     act_sqnr_db: Optional[float]
+    #: act_mode="auto": the mean squared error of the layer's output on its sampled
+    #: calibration inputs, per mode ({"symmetric": ..., "asymmetric": ...}); it took
+    #: the smaller (a tie: symmetric). None for a fixed mode.
+    auto_output_mse: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +58,7 @@ def quantization_report(model: nn.Module) -> List[LayerReport]:
             weight_bytes_before=stats.get("float_weight_bytes"), weight_bytes_after=after,
             act_range_utilization=stats.get("act_range_utilization"),
             weight_sqnr_db=stats.get("weight_sqnr_db"), act_sqnr_db=stats.get("act_sqnr_db"),
+            auto_output_mse=stats.get("auto_output_mse"),
         ))
     return out
 
