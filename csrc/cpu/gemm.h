@@ -105,9 +105,9 @@ struct GemmKernels {
   // With a plain weight, from this many rows on it pays to pack it for the
   // call (an extra pass over the weight) and run the packed kernel.
   int64_t pack_per_call_min_m;
-  // Whether gemm_s32 reads w_sum even without zero points.
+  // Whether gemm_s32 reads w_sum for int8 activations even without zero
+  // points (it shifts them into uint8).
   bool plain_needs_sums_signed;
-  bool plain_needs_sums_unsigned;
 };
 
 GemmKernels gemm_kernels(Isa isa);

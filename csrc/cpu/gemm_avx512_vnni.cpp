@@ -35,7 +35,6 @@ namespace {
 // at M = 16, 256 and 512 (6-10%).
 constexpr int kMr = 6;
 constexpr int kNp = 4;
-constexpr int kMaxNp = kNp;
 // K block, in groups of four: 8 KiB of each row, so that a block of kNp panels
 // (512 KiB) stays in L2 while all the tile's rows pass. Smaller blocks (64 to
 // 512 groups) ran 3-12% slower at M = 256, K = 4096 than none: the partial
@@ -50,7 +49,7 @@ constexpr int64_t kPrefetch = 16;  // groups ahead, for the weight stream of one
 struct Tile {
   const uint8_t* a;        // first row at the block's first byte
   int64_t lda;             // bytes between prepared rows
-  const int8_t* w[kMaxNp]; // panel pointers at the block's first group
+  const int8_t* w[kNp]; // panel pointers at the block's first group
   int64_t qn;              // groups in this block
   int32_t* stage;          // [R][ldst]
   int64_t ldst;
@@ -58,13 +57,12 @@ struct Tile {
   // epilogue (finish only)
   const int32_t* zp;       // [R] (row m0 first)
   const float* x_scale;    // [R]
-  const int32_t* w_sum[kMaxNp];  // 16 per panel
+  const int32_t* w_sum[kNp];  // 16 per panel
   const float* w_scale;    // from the tile's first column
   const float* bias;       // from the tile's first column, or null
   float* y;                // row m0, the tile's first column
   int64_t ldy;
   int cols;                // valid columns in the tile (<= C * 16)
-  int64_t pf;              // prefetch distance in groups (Prefetch variants)
 };
 
 template <int R, int C, bool Prefetch>
@@ -82,7 +80,7 @@ void micro(const Tile& t) {
     __m512i wv[C];
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
-      if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w[c] + (q + t.pf) * 64), _MM_HINT_T0);
+      if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(w[c] + (q + kPrefetch) * 64), _MM_HINT_T0);
       wv[c] = _mm512_loadu_si512(w[c] + q * 64);
     }
 #pragma GCC unroll 8
@@ -223,7 +221,6 @@ void run_packed(const uint8_t* prepared, bool a_signed, const PackedWeight& w, i
         t.y = ep.y + (m0 + r0) * ep.ldy + c0;
         t.ldy = ep.ldy;
         t.cols = static_cast<int>(std::min<int64_t>(n1, w.N) - c0);
-        t.pf = kPrefetch;
         (stream ? Blocking<kMr, kNp>::prefetch : Blocking<kMr, kNp>::plain)[rows - 1][np - 1](t);
       }
     }

@@ -74,18 +74,18 @@ GemmKernels gemm_kernels(Isa isa) {
   switch (isa) {
     case Isa::Avx512Vnni:
       return {&avx512_vnni::prepared_row_bytes, &avx512_vnni::prepare_rows,
-              &avx512_vnni::gemm_packed, &avx512_vnni::gemm_s32, 8, true, false};
+              &avx512_vnni::gemm_packed, &avx512_vnni::gemm_s32, 8, true};
     case Isa::Avx512:  // without VNNI the AVX2 kernels are the fastest exact ones
     case Isa::Avx2:
       return {&avx2::prepared_row_bytes, &avx2::prepare_rows, &avx2::gemm_packed,
-              &avx2::gemm_s32, 48, false, false};
+              &avx2::gemm_s32, 48, false};
     default:
       break;
   }
 #endif
   (void)isa;
   return {&scalar::prepared_row_bytes, &scalar::prepare_rows, &scalar::gemm_packed,
-          &scalar::gemm_s32, int64_t{1} << 62, false, false};
+          &scalar::gemm_s32, int64_t{1} << 62, false};
 }
 
 }  // namespace torch_quant::cpu

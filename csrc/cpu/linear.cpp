@@ -113,15 +113,12 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
                     bias.has_value() ? b.const_data_ptr<float>() : nullptr,
                     y32.mutable_data_ptr<float>(), N};
 
-  // Plain kernels need the column sums for zero points, and some for their
-  // own shift of int8 activations; without either, zp * w_sum is 0 anyway.
+  // Plain kernels need the column sums for zero points, and VNNI's for its
+  // shift of int8 activations; without either, zp * w_sum is 0 anyway.
   const bool any_zp = std::any_of(act.zp, act.zp + M, [](int32_t z) { return z != 0; });
-  const bool need_sums = !use_packed && (any_zp || (act.a_signed ? kern.plain_needs_sums_signed
-                                                                 : kern.plain_needs_sums_unsigned));
-  const at::Tensor sums = need_sums   ? weight_sums(w, w_sum_arg)
-                          : use_packed ? at::Tensor()
-                                       : at::zeros({N}, w.options().dtype(at::kInt));
-  const int32_t* sp = use_packed ? nullptr : sums.const_data_ptr<int32_t>();
+  const bool need_sums = !use_packed && (any_zp || (act.a_signed && kern.plain_needs_sums_signed));
+  const at::Tensor sums = need_sums ? weight_sums(w, w_sum_arg) : at::Tensor();
+  const int32_t* sp = need_sums ? sums.const_data_ptr<int32_t>() : nullptr;
   const int8_t* wp = use_packed ? nullptr : w.const_data_ptr<int8_t>();
 
   const int64_t m_tiles = (M + kTileM - 1) / kTileM, n_tiles = (N + kTileN - 1) / kTileN;
@@ -136,12 +133,12 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
         continue;
       }
       const int64_t mc = m1 - m0, nc = n1 - n0;
-      kern.gemm_s32(codes + m0 * K, act.a_signed, K, wp + n0 * K, K, sp + n0, mc, nc, K,
-                    dot.data(), nc);
+      kern.gemm_s32(codes + m0 * K, act.a_signed, K, wp + n0 * K, K,
+                    sp == nullptr ? nullptr : sp + n0, mc, nc, K, dot.data(), nc);
       for (int64_t i = 0; i < mc; ++i)
         for (int64_t j = 0; j < nc; ++j)
           ep.y[(m0 + i) * N + n0 + j] = finish_scalar(dot[i * nc + j], m0 + i, n0 + j, 0,
-                                                      sp[n0 + j], ep);
+                                                      sp == nullptr ? 0 : sp[n0 + j], ep);
     }
   });
   if (!y32.is_same(out)) out.view({M, N}).copy_(y32);
