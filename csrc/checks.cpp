@@ -281,16 +281,31 @@ QuantizedLinearArgs check_quantized_linear_args(
 DynamicLinearArgs check_dynamic_quantized_linear_args(
     const char* op, const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
-    std::string_view act_mode, ValueCheck values) {
+    std::string_view act_mode, const std::optional<at::Tensor>& smooth, ValueCheck values) {
   const Mode mode = parse_mode(op, act_mode, "act_mode");
   check_float_input(op, "x", x);
   TORCH_CHECK(x.dim() >= 1, op, ": x must have shape [*, K], got a 0-dim tensor");
   const int64_t N = check_linear_weight(op, x, w_q, w_scale, bias, w_sum);
+  if (smooth.has_value()) {
+    const at::Tensor& s = *smooth;
+    TORCH_CHECK(at::isFloatingType(s.scalar_type()), op,
+                ": smooth must be a floating tensor, got ", s.scalar_type());
+    TORCH_CHECK(s.dim() == 1 && s.size(0) == x.size(-1), op, ": smooth must have shape [K] = [",
+                x.size(-1), "] (one factor per input channel), got ", s.sizes());
+    TORCH_CHECK(s.device() == x.device(), op, ": smooth must be on x's device (", x.device(),
+                "), got ", s.device());
+  }
   if (values == ValueCheck::Once) {
     check_scale_values_once(op, w_scale, "w_scale");
-    return {mode, N, at::Tensor()};
+    at::Tensor s;
+    if (smooth.has_value()) {
+      check_scale_values_once(op, *smooth, "smooth");
+      s = smooth->to(at::kFloat).contiguous();
+    }
+    return {mode, N, at::Tensor(), s};
   }
-  return {mode, N, checked_scale_values(op, w_scale, "w_scale")};
+  return {mode, N, checked_scale_values(op, w_scale, "w_scale"),
+          smooth.has_value() ? checked_scale_values(op, *smooth, "smooth") : at::Tensor()};
 }
 
 }  // namespace torch_quant

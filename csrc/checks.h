@@ -167,17 +167,21 @@ QuantizedLinearArgs check_quantized_linear_args(
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
     std::optional<at::ScalarType> out_dtype, ValueCheck values);
 
-// The same for dynamic_quantized_linear: act_mode, x, the weight side and
-// w_scale's values; w_scale is those values as a float32 CPU tensor with
-// ValueCheck::Read, undefined with Once.
+// The same for dynamic_quantized_linear: act_mode, x, the weight side,
+// w_scale's values and smooth (floating [K] on x's device, every value finite
+// and > 0, like a scale). With ValueCheck::Read, w_scale and smooth are those
+// values as float32 CPU tensors (smooth undefined when absent); with Once,
+// w_scale is undefined and smooth is the argument as contiguous float32 on
+// x's device.
 struct DynamicLinearArgs {
   Mode mode;
   int64_t N;
   at::Tensor w_scale;
+  at::Tensor smooth;
 };
 DynamicLinearArgs check_dynamic_quantized_linear_args(
     const char* op, const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
-    std::string_view act_mode, ValueCheck values);
+    std::string_view act_mode, const std::optional<at::Tensor>& smooth, ValueCheck values);
 
 }  // namespace torch_quant

@@ -72,6 +72,17 @@ TQ_HOST_DEVICE int quantize_val(float x, float inv_scale, float zero_point,
   return static_cast<int>(fminf(fmaxf(r, qmin), qmax));
 }
 
+// An input value times its channel's smoothing factor (dynamic_quantized_linear's
+// `smooth`), rounded once to float32 before it is quantized: never fused with
+// the multiply-add of quantize_val.
+TQ_HOST_DEVICE float smoothed(float x, float factor) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(x, factor);
+#else
+  return x * factor;
+#endif
+}
+
 // x = (float(q) - float(zero_point)) * scale, exactly this formula (no fma).
 TQ_HOST_DEVICE float dequantize_val(int q, float scale, float zero_point) {
   return (static_cast<float>(q) - zero_point) * scale;

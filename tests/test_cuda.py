@@ -178,6 +178,11 @@ def test_dynamic_linear_matches_cpu(mode, K, rows):
     want = tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode)
     got = tq.dynamic_quantized_linear(x.cuda(), w_q.cuda(), ws.cuda(), None, None, mode)
     assert torch.equal(got.cpu(), want)
+    smooth = torch.rand(K, generator=g) * 4 + 0.1  # activation smoothing, fused
+    want = tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode, smooth)
+    got = tq.dynamic_quantized_linear(x.cuda(), w_q.cuda(), ws.cuda(), None, None, mode,
+                                      smooth.cuda())
+    assert torch.equal(got.cpu(), want)
 
 
 @gpu
@@ -192,6 +197,8 @@ def test_opcheck_and_compile_on_cuda():
         (torch.ops.torch_quant.quantize_per_token.default, (x, "asymmetric", 8)),
         (torch.ops.torch_quant.dynamic_quantized_linear.default,
          (x, w_q, ws, None, None, "asymmetric")),
+        (torch.ops.torch_quant.dynamic_quantized_linear.default,
+         (x, w_q, ws, None, None, "symmetric", torch.rand(32, device="cuda") + 0.5)),
     ]
     for op, args in samples:
         torch.library.opcheck(op, args)

@@ -56,10 +56,10 @@ def _packed_ql(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, w_sum=None, 
     return _PLAIN_QL(x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum, out_dtype)
 
 
-def _packed_dql(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric"):
+def _packed_dql(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric", smooth=None):
     if _packable(w_q, w_sum):
         w_q, w_sum = tq.pack_weight(w_q), None
-    return _PLAIN_DQL(x, w_q, w_scale, bias, w_sum, act_mode)
+    return _PLAIN_DQL(x, w_q, w_scale, bias, w_sum, act_mode, smooth)
 
 
 @pytest.fixture(autouse=True, params=["plain", "packed"])
@@ -580,6 +580,40 @@ def test_dynamic_rows_with_overflowing_range(isa, dtype, mode):
         assert_same(tq.dynamic_quantized_linear(x, w_q, ws, act_mode=mode), exp, "huge row")
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("shape", [(6, 37), (2, 3, 70), (9, 1025), (1, 1), (0, 17)], ids=str)
+def test_dynamic_smooth_quantizes_the_product(isa, gen, shape, dtype, mode):
+    """smooth: the op quantizes x.float() * smooth per token (SPEC's
+    quantize_per_token applied to that float32 product), bit for bit."""
+    K, N = shape[-1], 23
+    x = (torch.randn(shape, generator=gen) * 3).to(dtype)
+    smooth = torch.rand(K, generator=gen) * 8 + 0.05
+    w_q = codes(gen, (N, K), torch.int8)
+    ws, bias = w_params(gen, N, True, True)
+    got = tq.dynamic_quantized_linear(x, w_q, ws, bias, None, mode, smooth)
+    assert got.dtype == dtype and got.shape == (*shape[:-1], N)
+    xs = x.float() * smooth
+    q, qs, qz = tq.quantize_per_token(xs, mode)
+    assert_same(got, ref_linear(q, qs, qz, w_q, ws, bias, dtype), "vs quantize_per_token of x*smooth")
+    assert_same(got, ref.dynamic_quantized_linear(x, w_q, ws, bias, None, mode, smooth), "vs reference")
+    if x.numel() and K > 1:  # the factors matter: without them the result differs
+        assert not torch.equal(got, tq.dynamic_quantized_linear(x, w_q, ws, bias, None, mode))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dynamic_smooth_of_ones_changes_nothing(isa, gen, mode):
+    x = torch.randn(5, 3, 40, generator=gen)[:, 1]  # non-contiguous
+    w_q = codes(gen, (9, 40), torch.int8)
+    ws = random_scale(gen, 9)
+    assert_same(tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode, torch.ones(40)),
+                tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode), "ones")
+    # a float16 smooth is used as float32
+    sm = (torch.rand(40, generator=gen) + 0.5).half()
+    assert_same(tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode, sm),
+                tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode, sm.float()), "f16 smooth")
+
+
 def test_dynamic_default_mode_is_symmetric(gen):
     x = torch.randn(4, 50, generator=gen)
     w_q = codes(gen, (6, 50), torch.int8)
@@ -676,6 +710,9 @@ def _opcheck_samples():
                     (torch.randn(K, 5, generator=g).t(), w_q, ws, bias, w_sum, mode)))
         out.append((f"dql-{mode}-packed", ops.dynamic_quantized_linear.default,
                     (torch.randn(2, 3, K, generator=g), tq.pack_weight(w_q), ws, bias, None, mode)))
+        out.append((f"dql-{mode}-smooth", ops.dynamic_quantized_linear.default,
+                    (torch.randn(2, 3, K, generator=g).bfloat16(), tq.pack_weight(w_q), ws, bias,
+                     None, mode, torch.rand(K, generator=g) + 0.5)))
     x_q = codes(g, (5, K), torch.uint8)
     xs, xz = x_params(g, (5,), torch.uint8, True)
     out.append(("ql-packed", ops.quantized_linear.default,

@@ -42,8 +42,8 @@ def ql(x_q=XQ, x_scale=XS, x_zero_point=XZ, w_q=WQ, w_scale=WS, bias=None, w_sum
     return tq.quantized_linear(x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum, out_dtype)
 
 
-def dql(x=X, w_q=WQ, w_scale=WS, bias=None, w_sum=None, act_mode="symmetric"):
-    return tq.dynamic_quantized_linear(x, w_q, w_scale, bias, w_sum, act_mode)
+def dql(x=X, w_q=WQ, w_scale=WS, bias=None, w_sum=None, act_mode="symmetric", smooth=None):
+    return tq.dynamic_quantized_linear(x, w_q, w_scale, bias, w_sum, act_mode, smooth)
 
 
 def test_valid_calls_do_not_raise():
@@ -189,6 +189,15 @@ CASES = [
     ("dql_dev_bias", lambda: dql(bias=B.to("meta")), DQL, "bias"),
     ("dql_dev_wsum", lambda: dql(w_sum=WSUM.to("meta")), DQL, "w_sum"),
     ("dql_dev_x", lambda: dql(x=X.to("meta")), DQL, "w_q"),
+    # --- dynamic: smooth
+    ("dql_smooth_shape", lambda: dql(smooth=torch.ones(K + 1)), DQL, "smooth"),
+    ("dql_smooth_2d", lambda: dql(smooth=torch.ones(1, K)), DQL, "smooth"),
+    ("dql_smooth_int", lambda: dql(smooth=torch.ones(K, dtype=torch.int32)), DQL, "smooth"),
+    ("dql_smooth_0", lambda: dql(smooth=torch.ones(K).index_fill(0, _t([0]), 0.0)), DQL, "smooth"),
+    ("dql_smooth_neg", lambda: dql(smooth=-torch.ones(K)), DQL, "smooth"),
+    ("dql_smooth_inf", lambda: dql(smooth=torch.full((K,), math.inf)), DQL, "smooth"),
+    ("dql_smooth_nan", lambda: dql(smooth=torch.full((K,), math.nan)), DQL, "smooth"),
+    ("dql_dev_smooth", lambda: dql(smooth=torch.ones(K, device="meta")), DQL, "smooth"),
 ]
 
 

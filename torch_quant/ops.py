@@ -134,6 +134,7 @@ def dynamic_quantized_linear(
     bias: Optional[Tensor] = None,
     w_sum: Optional[Tensor] = None,
     act_mode: str = "symmetric",
+    smooth: Optional[Tensor] = None,
 ) -> Tensor:
     """``quantize_per_token(x, act_mode)`` followed by :func:`quantized_linear`, fused.
 
@@ -141,8 +142,13 @@ def dynamic_quantized_linear(
     once with its own scale and zero point, exactly as :func:`quantize_per_token`
     does, and fed to the int8 GEMM; the result has ``x``'s dtype. ``w_q`` may
     be plain or packed (:func:`pack_weight`), as for :func:`quantized_linear`.
+
+    ``smooth`` (floating ``[K]``, every value finite and > 0): the rows are
+    multiplied by it first, ``x.float() * smooth`` rounded to float32, and
+    that product is what is quantized (activation smoothing: the weight's
+    columns carry the inverse factors, see ``tq.quantize_model(smoothing=)``).
     """
-    return _ops.dynamic_quantized_linear.default(x, w_q, w_scale, bias, w_sum, act_mode)
+    return _ops.dynamic_quantized_linear.default(x, w_q, w_scale, bias, w_sum, act_mode, smooth)
 
 
 def pack_weight(w_q: Tensor) -> Tensor:
@@ -400,12 +406,21 @@ def _quantized_linear_fake(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, 
 
 
 @torch.library.register_fake("torch_quant::dynamic_quantized_linear")
-def _dynamic_quantized_linear_fake(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric"):
+def _dynamic_quantized_linear_fake(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric",
+                                   smooth=None):
     op = "torch_quant.dynamic_quantized_linear"
     _check_mode(op, act_mode, "act_mode")
     _check_float(op, "x", x)
     torch._check(x.dim() >= 1, lambda: f"{op}: x must have shape [*, K], got a 0-dim tensor")
     N = _check_linear_weight(op, x, w_q, w_scale, bias, w_sum)
+    if smooth is not None:
+        torch._check(smooth.is_floating_point(),
+                     lambda: f"{op}: smooth must be a floating tensor, got {smooth.dtype}")
+        torch._check(smooth.dim() == 1 and smooth.shape[0] == x.shape[-1],
+                     lambda: f"{op}: smooth must have shape [K] = [{x.shape[-1]}] (one factor "
+                     f"per input channel), got {list(smooth.shape)}")
+        torch._check(smooth.device == x.device,
+                     lambda: f"{op}: smooth must be on x's device ({x.device}), got {smooth.device}")
     return x.new_empty((*x.shape[:-1], N))
 
 

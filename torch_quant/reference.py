@@ -182,9 +182,11 @@ def dynamic_quantized_linear(
     bias: Optional[Tensor] = None,
     w_sum: Optional[Tensor] = None,
     act_mode: str = "symmetric",
+    smooth: Optional[Tensor] = None,
 ) -> Tensor:
-    """quantize_per_token(x, act_mode) then quantized_linear, in x's dtype."""
-    x_q, scale, zp = quantize_per_token(x, act_mode)
+    """quantize_per_token(x * smooth, act_mode) then quantized_linear, in x's dtype."""
+    xs = x if smooth is None else x.float() * smooth.float()
+    x_q, scale, zp = quantize_per_token(xs, act_mode)
     return quantized_linear(x_q, scale, zp, w_q, w_scale, bias, w_sum, out_dtype=x.dtype)
 
 

@@ -183,10 +183,11 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
                                         const at::Tensor& w_scale,
                                         const std::optional<at::Tensor>& bias,
                                         const std::optional<at::Tensor>& w_sum,
-                                        std::string_view act_mode) {
-  const auto [mode, N, ws] =
-      check_dynamic_quantized_linear_args("torch_quant.dynamic_quantized_linear", x_in, w_q,
-                                          w_scale, bias, w_sum, act_mode, ValueCheck::Read);
+                                        std::string_view act_mode,
+                                        const std::optional<at::Tensor>& smooth_arg) {
+  const auto [mode, N, ws, smooth] = check_dynamic_quantized_linear_args(
+      "torch_quant.dynamic_quantized_linear", x_in, w_q, w_scale, bias, w_sum, act_mode,
+      smooth_arg, ValueCheck::Read);
   const at::Tensor x = x_in.contiguous();
   const int64_t K = x.size(-1);
   const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
@@ -203,22 +204,35 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   uint8_t* codes = codes_buf.get();
   std::vector<float> scales(static_cast<size_t>(M));
   std::vector<int32_t> zps(static_cast<size_t>(M));
+  // With smooth, each row is first multiplied by it (in float32, into a
+  // buffer of the thread's) and the product is what gets quantized.
+  const float* sm = smooth.defined() ? smooth.const_data_ptr<float>() : nullptr;
+  const auto quantize_row = [&](const auto* row, int64_t r) {
+    float lo = INFINITY, hi = -INFINITY;
+    minmax(row, K, &lo, &hi);
+    const QParams p = compute_qparams(lo, hi, mode, 8);
+    scales[r] = p.scale;
+    zps[r] = p.zero_point;
+    const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point);
+    if (a_signed) {
+      quantize(row, K, inv, z, qmin, qmax, reinterpret_cast<int8_t*>(codes) + r * K);
+    } else {
+      quantize(row, K, inv, z, qmin, qmax, codes + r * K);
+    }
+  };
   const auto fill = [&](int64_t begin, int64_t end) {
     visit_float(x.scalar_type(), [&](auto tag) {
       using In = decltype(tag);
       const In* xp = x.const_data_ptr<In>();
+      if (sm == nullptr) {
+        for (int64_t r = begin; r < end; ++r) quantize_row(xp + r * K, r);
+        return;
+      }
+      std::vector<float> buf(static_cast<size_t>(K));
       for (int64_t r = begin; r < end; ++r) {
-        float lo = INFINITY, hi = -INFINITY;
-        minmax(xp + r * K, K, &lo, &hi);
-        const QParams p = compute_qparams(lo, hi, mode, 8);
-        scales[r] = p.scale;
-        zps[r] = p.zero_point;
-        const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point);
-        if (a_signed) {
-          quantize(xp + r * K, K, inv, z, qmin, qmax, reinterpret_cast<int8_t*>(codes) + r * K);
-        } else {
-          quantize(xp + r * K, K, inv, z, qmin, qmax, codes + r * K);
-        }
+        const In* row = xp + r * K;
+        for (int64_t k = 0; k < K; ++k) buf[k] = smoothed(static_cast<float>(row[k]), sm[k]);
+        quantize_row(buf.data(), r);
       }
     });
   };

@@ -40,11 +40,13 @@
 namespace torch_quant::cuda {
 
 // csrc/cuda/quantize.cu: int8_codes hands asymmetric codes over as int8
-// (u - 128, zero point - 128), which both GEMMs take without a flip.
+// (u - 128, zero point - 128), which both GEMMs take without a flip;
+// smooth (float32 [K] on x's device, or null) multiplies each row first.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const char* op,
                                                                       const at::Tensor& x,
                                                                       Mode mode, int64_t bits,
-                                                                      bool int8_codes);
+                                                                      bool int8_codes,
+                                                                      const at::Tensor* smooth);
 
 namespace {
 
@@ -299,17 +301,19 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
                                          const at::Tensor& w_scale,
                                          const std::optional<at::Tensor>& bias,
                                          const std::optional<at::Tensor>& w_sum,
-                                         std::string_view act_mode) {
+                                         std::string_view act_mode,
+                                         const std::optional<at::Tensor>& smooth) {
   constexpr const char* op = "torch_quant.dynamic_quantized_linear";
   const DynamicLinearArgs args = check_dynamic_quantized_linear_args(
-      op, x_in, w_q, w_scale, bias, w_sum, act_mode, ValueCheck::Once);
+      op, x_in, w_q, w_scale, bias, w_sum, act_mode, smooth, ValueCheck::Once);
   check_plain_weight(op, w_q);
   const Mode mode = args.mode;
   const c10::cuda::CUDAGuard guard(x_in.device());
   // Two kernels: the per-token one writes int8 codes (asymmetric ones as
   // u - 128, so no flip pass is needed) and each row's scale and zero point;
   // the GEMM reads them with the epilogue fused (on our kernel's path).
-  const auto [q, scale, zp] = quantize_per_token_impl(op, x_in, mode, 8, /*int8_codes=*/true);
+  const auto [q, scale, zp] = quantize_per_token_impl(op, x_in, mode, 8, /*int8_codes=*/true,
+                                                   args.smooth.defined() ? &args.smooth : nullptr);
   // Symmetric rows have zero point 0: w_sum is only needed for asymmetric.
   return linear(q, scale.reshape({-1}), zp.reshape({-1}), mode == Mode::Asymmetric,
                 w_q.contiguous(), w_sum, w_scale.to(at::kFloat).contiguous(), bias,

@@ -166,7 +166,7 @@ __global__ void channel_qparams_kernel(const float* __restrict__ part_lo,
 template <int kV, typename In, typename Q>
 __global__ void per_token_kernel(const In* __restrict__ x, Q* __restrict__ q, int64_t k,
                                  float* __restrict__ scale, int32_t* __restrict__ zp, int mode,
-                                 int bits, int offset) {
+                                 int bits, int offset, const float* __restrict__ smooth) {
   const int64_t r = blockIdx.x, packs = k / kV;
   const auto* row = reinterpret_cast<const Pack<In, kV>*>(x + r * k);
   auto* out = reinterpret_cast<Pack<Q, kV>*>(q + r * k);
@@ -175,7 +175,8 @@ __global__ void per_token_kernel(const In* __restrict__ x, Q* __restrict__ q, in
     const Pack<In, kV> p = row[j];
 #pragma unroll
     for (int e = 0; e < kV; ++e) {
-      const float v = static_cast<float>(p.v[e]);
+      float v = static_cast<float>(p.v[e]);
+      if (smooth != nullptr) v = smoothed(v, smooth[j * kV + e]);
       if (is_finite(v)) {
         lo = fminf(lo, v);
         hi = fmaxf(hi, v);
@@ -196,8 +197,9 @@ __global__ void per_token_kernel(const In* __restrict__ x, Q* __restrict__ q, in
     Pack<Q, kV> c;
 #pragma unroll
     for (int e = 0; e < kV; ++e) {
-      c.v[e] = static_cast<Q>(
-          quantize_val(static_cast<float>(v.v[e]), inv, z, qmin, qmax) - offset);
+      float f = static_cast<float>(v.v[e]);
+      if (smooth != nullptr) f = smoothed(f, smooth[j * kV + e]);
+      c.v[e] = static_cast<Q>(quantize_val(f, inv, z, qmin, qmax) - offset);
     }
     out[j] = c;
   }
@@ -332,7 +334,8 @@ at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const char* op,
                                                                       const at::Tensor& x_in,
                                                                       Mode mode, int64_t bits,
-                                                                      bool int8_codes) {
+                                                                      bool int8_codes,
+                                                                      const at::Tensor* smooth) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const auto row_shape = x.sizes().slice(0, x.dim() - 1);
@@ -356,7 +359,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const cha
         per_token_kernel<decltype(v)::value><<<static_cast<unsigned>(rows), kBlock, 0, stream()>>>(
             x.const_data_ptr<In>(), out, k, scale.mutable_data_ptr<float>(),
             zero_point.mutable_data_ptr<int32_t>(), static_cast<int>(mode),
-            static_cast<int>(bits), offset);
+            static_cast<int>(bits), offset,
+            smooth != nullptr ? smooth->const_data_ptr<float>() : nullptr);
       });
     };
     if (q.scalar_type() == at::kChar) {
@@ -375,7 +379,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cuda(
     const at::Tensor& x_in, std::string_view mode_name, int64_t bits) {
   constexpr const char* op = "torch_quant.quantize_per_token";
   const Mode mode = check_quantize_per_token_args(op, x_in, mode_name, bits);
-  auto out = quantize_per_token_impl(op, x_in, mode, bits, /*int8_codes=*/false);
+  auto out = quantize_per_token_impl(op, x_in, mode, bits, /*int8_codes=*/false,
+                                     /*smooth=*/nullptr);
   remember_made_qparams(std::get<1>(out), std::get<2>(out), mode, bits);
   return out;
 }
