@@ -460,7 +460,7 @@ def test_auto_relu_mlp(gen, granularity):
     model = relu_mlp()
     ref = copy.deepcopy(model)
     data = [centred(gen, 24), centred(gen, 9)]  # 33 rows: all kept for statistics
-    tq.quantize_model(model, "auto", granularity, data, progress=False)
+    tq.quantize_model(model, "auto", granularity, data, smoothing=None, progress=False)
     q = quantized(model)
     inputs = capture_inputs(ref, data, ["0", "2", "4"])
     for name, rows in inputs.items():
@@ -500,8 +500,8 @@ def test_auto_takes_the_mode_with_the_smaller_output_error(gen, factory, granula
     """For every layer: the chosen mode's output error is the smaller one, and
     it is the error of that fixed mode's layer on the same inputs."""
     data = [torch.randn(13, 17, generator=gen)]
-    model = tq.quantize_model(factory(), "auto", granularity, data, progress=False)
-    fixed = {m: tq.quantize_model(factory(), m, granularity, data, progress=False)
+    model = tq.quantize_model(factory(), "auto", granularity, data, smoothing=None, progress=False)
+    fixed = {m: tq.quantize_model(factory(), m, granularity, data, smoothing=None, progress=False)
              for m in MODES}
     inputs = capture_inputs(factory(), data, list(quantized(model)))
     for name, q in quantized(model).items():
@@ -514,7 +514,7 @@ def test_auto_takes_the_mode_with_the_smaller_output_error(gen, factory, granula
             assert err[m] == pytest.approx(float((y_m.double() - y.double()).pow(2).mean()),
                                            rel=1e-6), (name, m)
         assert tq.quantize_model(factory(), "symmetric", granularity, data,
-                                 progress=False).get_submodule(name).stats.get(
+                                 smoothing=None, progress=False).get_submodule(name).stats.get(
                                      "auto_output_mse") is None
 
 
@@ -529,7 +529,7 @@ def test_per_tensor_calibration_is_exact_min_max(gen, act_mode):
     last[1, 1499, 3] = 9.5
     last[1, 1498, 11] = -7.25
     data = [torch.randn(1, 17, generator=gen), torch.randn(7, 17, generator=gen), last]
-    tq.quantize_model(model, act_mode, "per_tensor", data, progress=False)
+    tq.quantize_model(model, act_mode, "per_tensor", data, smoothing=None, progress=False)
     inputs = capture_inputs(ref, data, ["0", "2", "4"])
     assert float(inputs["0"].max()) == 9.5 and float(inputs["0"].min()) == -7.25
     for name, rows in inputs.items():
@@ -552,11 +552,11 @@ def test_percentile_clips_outliers(gen, act_mode):
     x = torch.randn(200, 17, generator=gen)
     x[13, 4] = 40.0
     x[100, 2] = -25.0
-    minmax = tq.quantize_model(relu_mlp(), act_mode, "per_tensor", [x], progress=False)
+    minmax = tq.quantize_model(relu_mlp(), act_mode, "per_tensor", [x], smoothing=None, progress=False)
     clipped = tq.quantize_model(relu_mlp(), act_mode, "per_tensor", [x], percentile=99.0,
-                                progress=False)
+                                smoothing=None, progress=False)
     full = tq.quantize_model(relu_mlp(), act_mode, "per_tensor", [x], percentile=100.0,
-                             progress=False)
+                             smoothing=None, progress=False)
     assert minmax[0].stats["calibrated_range"] == (-25.0, 40.0)
     lo, hi = clipped[0].stats["calibrated_range"]
     # all 200 rows are kept, so these are torch.quantile of everything the layer saw
@@ -654,7 +654,7 @@ def test_calibration_batch_forms(gen, act_mode):
     for form, data in forms.items():
         if data is None:
             data = ((x, y) for x, y in zip(xs, ys))  # no len()
-        model = tq.quantize_model(TwoInputs(), act_mode, "per_tensor", data, progress=False)
+        model = tq.quantize_model(TwoInputs(), act_mode, "per_tensor", data, smoothing=None, progress=False)
         q = quantized(model)
         assert sorted(q) == ["fc1", "fc2", "fc3"], form
         for name, rows in inputs.items():
@@ -671,12 +671,12 @@ def test_calibration_tensor_batches(gen):
     # (its range would be unknown), naming the layer
     m = TwoInputs()
     with pytest.raises(ValueError, match=r"quantize_model.*never reached.*fc3"):
-        tq.quantize_model(m, "symmetric", "per_tensor", data, progress=False)
+        tq.quantize_model(m, "symmetric", "per_tensor", data, smoothing=None, progress=False)
     assert not quantized(m) and no_hooks_left(m)
     # and with only the x path, tensor batches calibrate it
     mlp = relu_mlp()
     inputs = capture_inputs(copy.deepcopy(mlp), data, ["0"])
-    tq.quantize_model(mlp, "symmetric", "per_tensor", data, progress=False)
+    tq.quantize_model(mlp, "symmetric", "per_tensor", data, smoothing=None, progress=False)
     s, z = observer_qparams(inputs["0"], "symmetric")
     assert_same(mlp[0].input_scale, s, "tensor batches")
 
@@ -880,7 +880,7 @@ def test_report_hand_computed(granularity):
     model = report_model()
     x = torch.tensor([[-3.0, 5.0]])
     w = model.proj.weight.detach().clone()
-    tq.quantize_model(model, "symmetric", granularity, [x], progress=False)
+    tq.quantize_model(model, "symmetric", granularity, [x], smoothing=None, progress=False)
     (r,) = tq.quantization_report(model)
     assert isinstance(r, tq.LayerReport)
     assert (r.name, r.act_mode, r.act_granularity) == ("proj", "symmetric", granularity)
@@ -964,7 +964,7 @@ def test_report_many_layers_and_conv1d(gen):
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_compile_fullgraph_matches_eager(gen, granularity):
     x = centred(gen, 10)
-    model = tq.quantize_model(relu_mlp(), "auto", granularity, [x], progress=False)
+    model = tq.quantize_model(relu_mlp(), "auto", granularity, [x], smoothing=None, progress=False)
     modes = {m.act_mode for m in quantized(model).values()}
     assert modes == set(MODES)  # both kernels in one graph
     torch._dynamo.reset()

@@ -85,16 +85,18 @@ def test_save_load_into_float_model(tmp_path, mode, gran):
 
 
 def test_save_load_into_quantized_model(tmp_path):
-    src = tq.quantize_model(mlp(0), "asymmetric", "per_tensor", calib(), progress=False)
+    src = tq.quantize_model(mlp(0), "asymmetric", "per_tensor", calib(), smoothing=None,
+                            progress=False)
     tq.save(src, tmp_path / "m.safetensors")
-    dst = tq.quantize_model(mlp(1), "asymmetric", "per_tensor", calib(seed=4), progress=False)
+    dst = tq.quantize_model(mlp(1), "asymmetric", "per_tensor", calib(seed=4), smoothing=None,
+                            progress=False)
     tq.load(dst, tmp_path / "m.safetensors")
     for k, v in src.state_dict().items():
         assert torch.equal(dst.state_dict()[k], v), k
 
 
 def test_file_metadata_and_contents(tmp_path):
-    src = tq.quantize_model(mlp(0), "auto", "per_token", calib(), progress=False)
+    src = tq.quantize_model(mlp(0), "auto", "per_token", calib(), smoothing=None, progress=False)
     tq.save(src, tmp_path / "m.safetensors")
     from safetensors import safe_open
     with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:

@@ -10,7 +10,7 @@ from . import _C  # noqa: F401  (registers the ops)
 from . import ops
 from .ops import *  # noqa: F401,F403  (the wrappers listed in ops.__all__)
 from .nn import QuantLinear
-from .convert import quantize_model
+from .convert import quantize_model, smooth_model
 from .report import LayerReport, format_report, quantization_report
 from .serialization import load, save
 
@@ -24,5 +24,6 @@ def clear_checked_values() -> None:
 
 
 __all__ = [*ops.__all__, "ops", "clear_checked_values", "QuantLinear", "quantize_model",
+           "smooth_model",
            "quantization_report", "format_report", "LayerReport", "save", "load"]
 __version__ = "0.1.0"

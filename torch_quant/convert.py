@@ -20,8 +20,10 @@ from torch import Tensor, nn
 
 from . import ops
 from .nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float_weight_and_bias, is_conv1d
+from .smoothing import (SEARCH_ALPHAS, SmoothGroup, choose_alpha, find_groups, fold,
+                        probe_batch, smoothing_factors)
 
-__all__ = ["quantize_model"]
+__all__ = ["quantize_model", "smooth_model"]
 
 # act_mode="auto" converts each layer both ways and keeps the mode whose
 # output on the layer's sampled calibration inputs (int8 weight, activations
@@ -43,6 +45,21 @@ class _Observer:
         self.rows: Optional[Tensor] = None  # [<= SAMPLE_ROWS, K] float32 sample
         self.seen = 0  # rows seen so far (reservoir sampling)
         self.gen = generator
+        self.ch_lo: Optional[Tensor] = None  # per input channel min and max (float32 [K])
+        self.ch_hi: Optional[Tensor] = None
+
+    def divided(self, s: Optional[Tensor]) -> "_Observer":
+        """The statistics of the inputs divided by s per channel (smoothing)."""
+        if s is None:
+            return self
+        out = _Observer(self.name, self.gen)
+        out.rows, out.seen = self.rows / s, self.seen
+        out.ch_lo, out.ch_hi = self.ch_lo / s, self.ch_hi / s
+        out.lo, out.hi = float(out.ch_lo.min()), float(out.ch_hi.max())
+        return out
+
+    def absmax(self) -> Tensor:
+        return torch.maximum(self.ch_lo.abs(), self.ch_hi.abs())
 
     def __call__(self, module: nn.Module, args) -> None:
         if not args or not isinstance(args[0], Tensor):
@@ -54,9 +71,11 @@ class _Observer:
             raise ValueError(f"tq.quantize_model: calibration input of layer '{self.name}' "
                              f"holds NaN or inf")
         rows = x.reshape(-1, x.shape[-1]).float().cpu()
-        lo, hi = torch.aminmax(rows)
-        self.lo = min(self.lo, float(lo))
-        self.hi = max(self.hi, float(hi))
+        ch_lo, ch_hi = torch.aminmax(rows, dim=0)
+        self.ch_lo = ch_lo if self.ch_lo is None else torch.minimum(self.ch_lo, ch_lo)
+        self.ch_hi = ch_hi if self.ch_hi is None else torch.maximum(self.ch_hi, ch_hi)
+        self.lo = min(self.lo, float(ch_lo.min()))
+        self.hi = max(self.hi, float(ch_hi.max()))
         # Reservoir sampling of rows, so that every row seen is about equally
         # likely to be kept whatever the batch sizes: row i of this batch
         # replaces a random slot with probability SAMPLE_ROWS / (rows seen + 1).
@@ -127,14 +146,18 @@ def _progress(data, enabled: bool):
 
 
 def calibrate(model: nn.Module, layers: Dict[str, nn.Module], data: Iterable,
-              progress: bool = True, seed: int = 0) -> Dict[str, _Observer]:
-    """Runs ``model`` over ``data`` and returns each layer's observer."""
+              progress: bool = True, seed: int = 0, first: Optional[list] = None
+              ) -> Dict[str, _Observer]:
+    """Runs ``model`` over ``data`` and returns each layer's observer; the
+    first batch is appended to ``first`` when given (data may be one-shot)."""
     gen = torch.Generator().manual_seed(seed)
     observers = {name: _Observer(name, gen) for name in layers}
     handles = [m.register_forward_pre_hook(observers[name]) for name, m in layers.items()]
     try:
         with torch.no_grad():
             for batch in _progress(data, progress):
+                if first is not None and not first:
+                    first.append(batch)
                 _run(model, batch)
     finally:
         for h in handles:
@@ -219,6 +242,7 @@ def quantize_model(
     skip: Union[None, str, Sequence[str]] = None,
     *,
     percentile: Optional[float] = None,
+    smoothing: Union[None, str, float] = "auto",
     progress: bool = True,
 ) -> nn.Module:
     """Replace every ``nn.Linear`` and Hugging Face ``Conv1D`` of ``model`` by a
@@ -243,6 +267,15 @@ def quantize_model(
         percentile: static ranges from these percentiles of the calibration
             inputs (e.g. 99.99: the range [p0.01, p99.99]) instead of min and
             max, clipping outliers. Only for ``act_granularity="per_tensor"``.
+        smoothing: activation smoothing (torch_quant.smoothing): "search"
+            (per group of layers sharing an input, the alpha among
+            ``SEARCH_ALPHAS`` or none whose layer outputs on the calibration
+            rows are closest to float), a fixed alpha in [0, 1], or None /
+            "off". The default "auto" is "search" when ``calibration_data``
+            is given and off otherwise. Factors are folded into the
+            preceding norm or linear layer where the model's behaviour shows
+            that to be exact (the float model's weights change; its outputs do
+            not, beyond rounding), else applied in the layer's quantize step.
         progress: show a progress bar during calibration.
     """
     where = "tq.quantize_model"
@@ -264,7 +297,21 @@ def quantize_model(
                              f"(per-token ranges are taken from each row)")
         if not isinstance(percentile, (int, float)) or not 50.0 < percentile <= 100.0:
             raise ValueError(f"{where}: percentile must be in (50, 100], got {percentile!r}")
+    alphas: Optional[list] = None
+    if isinstance(smoothing, bool) or not (smoothing is None or isinstance(smoothing, (str, int, float))):
+        raise ValueError(f"{where}: smoothing must be 'auto', 'search', 'off', None or an alpha "
+                         f"in [0, 1], got {smoothing!r}")
+    if isinstance(smoothing, str):
+        check_setting(where, "smoothing", smoothing, ("auto", "search", "off"))
+        if smoothing == "search" or (smoothing == "auto" and calibration_data is not None):
+            alphas = [None, *SEARCH_ALPHAS]
+    elif smoothing is not None:
+        if not (math.isfinite(smoothing) and 0.0 <= smoothing <= 1.0):
+            raise ValueError(f"{where}: smoothing alpha must be in [0, 1], got {smoothing!r}")
+        alphas = [float(smoothing)]
     needs = []
+    if alphas is not None and smoothing != "auto":
+        needs.append(f"smoothing={smoothing!r}")
     if act_mode == "auto":
         needs.append("act_mode='auto'")
     if act_granularity == "per_tensor":
@@ -283,19 +330,47 @@ def quantize_model(
         first_name.setdefault(id(layer), name)
     unique = {n: layers[n] for n in first_name.values()}
     _warn_tied(model, unique)
-    observers = (calibrate(model, unique, calibration_data, progress)
+    first: list = []
+    observers = (calibrate(model, unique, calibration_data, progress, first=first)
                  if calibration_data is not None else {})
+    modes = ACT_MODES if act_mode == "auto" else (act_mode,)
+    # Smoothing: the groups (and for folded ones, the model's float weights)
+    # are settled before any layer is quantized.
+    group_of: Dict[str, SmoothGroup] = {}
+    if alphas is not None and first:
+        batch = probe_batch(first[0])
+        groups = find_groups(model, unique, batch)
+        for g in groups:
+            obs = observers[g.members[0]]
+            weights = [float_weight_and_bias(unique[n])[0].detach().float() for n in g.members]
+            n_src = (model.get_submodule(g.source).out_features
+                     if g.channel_map is not None else 0)
+            g.alpha, _ = choose_alpha(obs.rows, obs.absmax(), obs.ch_lo, obs.ch_hi, weights,
+                                      modes, act_granularity, alphas, g.channel_map, n_src)
+            if g.alpha is not None:
+                g.factors = smoothing_factors(obs.absmax(), weights, g.alpha, g.channel_map,
+                                              n_src)
+        groups = fold(model, groups, batch)
+        group_of = {n: g for g in groups for n in g.members}
+    first.clear()
 
     converted: Dict[int, QuantLinear] = {}
     for name, layer in layers.items():
         if id(layer) in converted:
             _set_module(model, name, converted[id(layer)])
             continue
-        obs = observers.get(name)
+        group = group_of.get(name)
+        s = group.factors if group is not None else None
+        raw = observers.get(name)
+        obs = raw.divided(s) if raw is not None else None  # what gets quantized: x / s
         rows = obs.rows if obs is not None else None
+        # what the layer receives: x itself when the quantize step divides it
+        rows_in = raw.rows if group is not None and group.kind == "input" and s is not None else rows
+        smooth_arg = s if group is not None and group.kind == "input" else None
         stats: dict = {"float_weight_bytes": sum(
             t.numel() * t.element_size() for t in (layer.weight, layer.bias) if t is not None)}
-        modes = ACT_MODES if act_mode == "auto" else (act_mode,)
+        if group is not None:
+            stats["smoothing"] = group.describe()
         if act_granularity == "per_tensor":
             lo, hi = _range(obs, percentile)
             stats["calibrated_range"] = (lo, hi)
@@ -304,17 +379,19 @@ def quantize_model(
             scale = zp = None
             if act_granularity == "per_tensor":
                 scale, zp = static_qparams(lo, hi, m)
-            candidates[m] = (QuantLinear.from_float(layer, m, act_granularity, scale, zp),
-                             scale, zp)
+            candidates[m] = (QuantLinear.from_float(layer, m, act_granularity, scale, zp,
+                                                    smooth=smooth_arg), scale, zp)
         mode = act_mode
         if act_mode == "auto":
-            err = {m: _output_mse(layer, candidates[m][0], rows) for m in ACT_MODES}
+            err = {m: _output_mse(layer, candidates[m][0], rows_in) for m in ACT_MODES}
             stats["auto_output_mse"] = err
             # strict: equal errors (e.g. all-zero inputs) keep the zero point out
             mode = "asymmetric" if err["asymmetric"] < err["symmetric"] else "symmetric"
         q, scale, zp = candidates[mode]
         del candidates
         w = float_weight_and_bias(layer)[0].detach().float()
+        if smooth_arg is not None:
+            w = w * smooth_arg
         stats["weight_sqnr_db"] = sqnr_db(w, q.dequantized_weight())
         if rows is not None:
             stats["act_range_utilization"] = act_range_utilization(rows, obs, mode,
@@ -326,6 +403,50 @@ def quantize_model(
         converted[id(layer)] = q
         _set_module(model, name, q)
     return model
+
+
+def smooth_model(model: nn.Module, calibration_data: Iterable, alpha: float = 0.5,
+                 skip: Union[None, str, Sequence[str]] = None, progress: bool = False
+                 ) -> Dict[str, dict]:
+    """Fold activation smoothing with a fixed ``alpha`` into the float model,
+    in place, without quantizing anything (what ``quantize_model(...,
+    smoothing=alpha)`` does first). The model's outputs change by float
+    rounding only. Layers whose factors cannot be folded (their input does
+    not come straight from a norm or, channel by channel, from a previous
+    linear layer) are left as they are. Returns, per linear layer, how it was
+    smoothed (``LayerReport.smoothing``'s fields)."""
+    where = "tq.smooth_model"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where}: model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{where}: alpha must be in [0, 1], got {alpha!r}")
+    skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
+    layers = _targets(model, skip)
+    first_name: Dict[int, str] = {}
+    for name, layer in layers.items():
+        first_name.setdefault(id(layer), name)
+    unique = {n: layers[n] for n in first_name.values()}
+    first: list = []
+    observers = calibrate(model, unique, calibration_data, progress, first=first)
+    batch = probe_batch(first[0])
+    groups = find_groups(model, unique, batch)
+    for g in groups:
+        if g.kind == "input":
+            continue
+        obs = observers[g.members[0]]
+        weights = [float_weight_and_bias(unique[n])[0].detach().float() for n in g.members]
+        n_src = model.get_submodule(g.source).out_features if g.channel_map is not None else 0
+        g.alpha = float(alpha)
+        g.factors = smoothing_factors(obs.absmax(), weights, g.alpha, g.channel_map, n_src)
+    groups = fold(model, groups, batch)
+    out = {}
+    for g in groups:
+        info = g.describe() if g.kind != "input" else {"kind": "input", "source": None,
+                                                       "alpha": None, "factor_min": None,
+                                                       "factor_max": None}
+        for n in g.members:
+            out[n] = info
+    return {n: out[first_name[id(layers[n])]] for n in layers}
 
 
 def _warn_tied(model: nn.Module, layers: Dict[str, nn.Module]) -> None:

@@ -43,8 +43,12 @@ class QuantLinear(nn.Module):
     ``weight_scale`` float32 ``[out]``, ``weight_sum`` int32 ``[out]`` (row sums
     of ``weight``, for the zero-point correction of the CUDA kernels; a packed
     weight holds its own), ``bias`` float32
-    ``[out]`` or None, and for ``act_granularity="per_tensor"`` the 0-dim
-    ``input_scale`` (float32) and ``input_zero_point`` (int32).
+    ``[out]`` or None, for ``act_granularity="per_tensor"`` the 0-dim
+    ``input_scale`` (float32) and ``input_zero_point`` (int32), and with
+    ``smooth=True`` ``input_smooth`` float32 ``[in]``: the input is multiplied
+    by it before it is quantized (activation smoothing whose factors could
+    not be folded into an earlier layer; the weight's columns hold the
+    inverse factors).
 
     Input: ``[*, in_features]`` in float32, float16 or bfloat16; the output has
     the input's dtype. Build one with :meth:`from_float`.
@@ -52,7 +56,7 @@ class QuantLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  act_mode: str = "symmetric", act_granularity: str = "per_token",
-                 device: Optional[torch.device] = None) -> None:
+                 device: Optional[torch.device] = None, smooth: bool = False) -> None:
         super().__init__()
         check_setting("QuantLinear", "act_mode", act_mode, ACT_MODES)
         check_setting("QuantLinear", "act_granularity", act_granularity, ACT_GRANULARITIES)
@@ -73,20 +77,36 @@ class QuantLinear(nn.Module):
                 self.register_buffer("input_scale", torch.ones((), device=device))
                 self.register_buffer("input_zero_point",
                                      torch.zeros((), dtype=torch.int32, device=device))
+            if smooth:
+                self.register_buffer("input_smooth", torch.ones(in_features, device=device))
         # Conversion statistics for tq.quantization_report (not saved).
         self.stats: dict = {}
 
     @classmethod
     def from_float(cls, linear: nn.Module, act_mode: str = "symmetric",
                    act_granularity: str = "per_token", input_scale: Optional[Tensor] = None,
-                   input_zero_point: Optional[Tensor] = None) -> "QuantLinear":
+                   input_zero_point: Optional[Tensor] = None,
+                   smooth: Optional[Tensor] = None) -> "QuantLinear":
         """Quantize an ``nn.Linear`` (or a Hugging Face ``Conv1D``, whose weight
         is stored transposed). ``per_tensor`` needs ``input_scale`` and
-        ``input_zero_point`` (from calibration, see ``tq.quantize_model``)."""
+        ``input_zero_point`` (from calibration, see ``tq.quantize_model``),
+        which apply to the smoothed input when ``smooth`` is given.
+
+        ``smooth`` (``[in]``, finite, > 0): smoothing factors s. The layer then
+        computes ``(x / s) (W s)^T``: the weight's columns are multiplied by s
+        before they are quantized and the input is multiplied by ``1 / s``
+        (the ``input_smooth`` buffer) before it is."""
         weight, bias = float_weight_and_bias(linear)
         out_features, in_features = weight.shape
+        if smooth is not None:
+            smooth = torch.as_tensor(smooth, dtype=torch.float32, device=weight.device)
+            if smooth.shape != (in_features,) or not (torch.isfinite(smooth).all()
+                                                       and (smooth > 0).all()):
+                raise ValueError(f"QuantLinear.from_float: smooth must hold {in_features} "
+                                 f"finite factors > 0, got shape {tuple(smooth.shape)}")
+            weight = weight.detach().float() * smooth
         q = cls(in_features, out_features, bias is not None, act_mode, act_granularity,
-                device=weight.device)
+                device=weight.device, smooth=smooth is not None)
         if act_granularity == "per_tensor" and (input_scale is None or input_zero_point is None):
             raise ValueError("QuantLinear.from_float: act_granularity='per_tensor' needs "
                              "input_scale and input_zero_point (calibrate with "
@@ -102,6 +122,8 @@ class QuantLinear(nn.Module):
             q.weight_sum.copy_(w_q.sum(1, dtype=torch.int32))
             if bias is not None:
                 q.bias.copy_(bias.detach().float())
+            if smooth is not None:
+                q.input_smooth.copy_(1.0 / smooth)
             if act_granularity == "per_tensor":
                 q.input_scale.copy_(torch.as_tensor(input_scale, dtype=torch.float32))
                 q.input_zero_point.copy_(torch.as_tensor(input_zero_point, dtype=torch.int32))
@@ -117,11 +139,15 @@ class QuantLinear(nn.Module):
         b = self._buffers
         w = b["weight"]
         w_sum = None if w.dim() == 3 else b["weight_sum"]  # a packed weight holds its sums
+        smooth = b.get("input_smooth")
         if self.act_granularity == "per_token":
-            return _DYNAMIC_LINEAR(x, w, b["weight_scale"], b["bias"], w_sum, self.act_mode)
+            return _DYNAMIC_LINEAR(x, w, b["weight_scale"], b["bias"], w_sum, self.act_mode, smooth)
+        dtype = x.dtype
+        if smooth is not None:  # as the fused op does it: x.float() * smooth, in float32
+            x = x.float() * smooth
         x_q = ops.quantize(x, b["input_scale"], b["input_zero_point"], self.act_mode)
         return ops.quantized_linear(x_q, b["input_scale"], b["input_zero_point"], w,
-                                    b["weight_scale"], b["bias"], w_sum, out_dtype=x.dtype)
+                                    b["weight_scale"], b["bias"], w_sum, out_dtype=dtype)
 
     def plain_weight(self) -> Tensor:
         """The int8 weight codes as ``[out, in]`` (a new tensor when held packed)."""
@@ -169,7 +195,8 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, weight=int8 symmetric per-channel, "
-                f"act_mode={self.act_mode}, act_granularity={self.act_granularity}")
+                f"act_mode={self.act_mode}, act_granularity={self.act_granularity}"
+                + (", smooth=True" if "input_smooth" in self._buffers else ""))
 
 
 def _packs(device) -> bool:

@@ -28,9 +28,12 @@ PathLike = Union[str, os.PathLike]
 
 
 def _settings(q: QuantLinear) -> dict:
-    return {"act_mode": q.act_mode, "act_granularity": q.act_granularity,
-            "in_features": q.in_features, "out_features": q.out_features,
-            "bias": q.bias is not None}
+    s = {"act_mode": q.act_mode, "act_granularity": q.act_granularity,
+         "in_features": q.in_features, "out_features": q.out_features,
+         "bias": q.bias is not None}
+    if "input_smooth" in q._buffers:  # recorded only when present (older files lack it)
+        s["smooth"] = True
+    return s
 
 
 def save(model: nn.Module, path: PathLike) -> None:
@@ -149,7 +152,7 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
         with torch.no_grad():
             replacements[name] = QuantLinear(s["in_features"], s["out_features"], s["bias"],
                                              s["act_mode"], s["act_granularity"],
-                                             device=weight.device)
+                                             device=weight.device, smooth=bool(s.get("smooth")))
     extra = [n for n, _ in quantized_layers(model) if n not in layers]
     if extra:
         raise ValueError(f"tq.load: the model has quantized layers that {path} does not: "
