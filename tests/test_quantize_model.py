@@ -665,6 +665,22 @@ def test_calibration_batch_forms(gen, act_mode):
             assert rel_err(model(xs[0], ys[0]), ref(xs[0], ys[0])) < 3e-2
 
 
+def test_calibration_sample_represents_late_batches(gen):
+    """The rows kept for statistics are a uniform sample of every row seen,
+    not the first ones: 40 batches of 64 rows, each row tagged with its
+    batch; the 256 kept rows come about evenly from the first and second
+    half (expected 128 each; binomial sd 8)."""
+    layer = nn.Linear(3, 2)
+    obs = convert._Observer("x", torch.Generator().manual_seed(0))
+    for b in range(40):
+        obs(layer, (torch.full((64, 3), float(b)) + torch.rand(64, 3, generator=gen) * 0.1,))
+    batch = obs.rows[:, 0].floor()
+    assert obs.rows.shape[0] == convert.SAMPLE_ROWS and obs.seen == 40 * 64
+    late = int((batch >= 20).sum())
+    assert 96 <= late <= 160, late
+    assert int((batch == 39).sum()) > 0  # the very last batch is represented
+
+
 def test_calibration_tensor_batches(gen):
     data = [torch.randn(7, 17, generator=gen), torch.randn(3, 2, 17, generator=gen)]
     # a bare tensor batch: model(x); fc3 is then never called, which is an error

@@ -124,14 +124,19 @@ def _is_norm(module: nn.Module, linears: set) -> bool:
 
 def _channel_map(base: Tensor, probed: Tensor, log_r: Tensor, step: float) -> Optional[Tensor]:
     """The map j -> i such that probed[:, j] = base[:, j] * exp(log_r[i]) for
-    every row (up to float rounding), or None."""
+    every row (up to float rounding), or None. A channel that is 0 on every
+    probed row, before and after (a ReLU unit that never fired), maps to -1:
+    allowed only where the others map one to one and the two layers have as
+    many channels as each other, so that it must be one of the rows left."""
     mag = base.abs()
     big = mag > 1e-4 * mag.amax(1, keepdim=True).clamp_min(1e-30)
-    if not big.any(0).all():
-        return None  # a channel that is (nearly) zero on every probed row
+    alive = big.any(0)
+    dead = ~alive
+    if dead.any() and (probed[:, dead] != 0).any() or not alive.any():
+        return None
     ratio = torch.where(big, probed / torch.where(big, base, torch.ones_like(base)),
                         torch.full_like(base, math.nan))
-    ratio = ratio.nanmedian(0).values
+    ratio = ratio[:, alive].nanmedian(0).values
     if not (ratio > 0).all():
         return None
     idx = torch.round(torch.log(ratio.double()) / step).long() - 1
@@ -139,11 +144,15 @@ def _channel_map(base: Tensor, probed: Tensor, log_r: Tensor, step: float) -> Op
         return None
     if ((torch.log(ratio.double()) - log_r[idx]).abs() > step / 4).any():
         return None
-    expect = base * torch.exp(log_r[idx]).float()
+    expect = base[:, alive] * torch.exp(log_r[idx]).float()
     tol = 1e-3 * expect.abs() + 1e-5 * mag.amax(1, keepdim=True)
-    if ((probed - expect).abs() > tol).any():
+    if ((probed[:, alive] - expect).abs() > tol).any():
         return None
-    return idx
+    if dead.any() and (base.shape[1] != log_r.numel() or idx.unique().numel() != idx.numel()):
+        return None
+    out = torch.full((base.shape[1],), -1, dtype=torch.long)
+    out[alive] = idx
+    return out
 
 
 def find_groups(model: nn.Module, layers: Dict[str, nn.Module], batch) -> List[SmoothGroup]:
@@ -263,19 +272,24 @@ def smoothing_factors(act_absmax: Tensor, weights: Sequence[Tensor], alpha: floa
     weights ``[N, K]`` that read the input, normalised to a geometric mean of
     1 and clamped. Channels with no activation (or no weight) get the factor
     their neighbours' extremes allow, never a division by 0. With a
-    channel_map (input j is output row map[j] of the previous layer) the
-    factors are shared by the channels of one row (maxima over them)."""
+    channel_map (input j is output row map[j] of the previous layer, -1: not
+    known) the factors are shared by the channels of one row (maxima over
+    them), and channels of no known row get 1."""
     ax = act_absmax.double()
     aw = torch.stack([w.detach().abs().amax(0) for w in weights]).amax(0).double()
     if channel_map is not None:
-        ax = torch.zeros(n_sources, dtype=torch.float64).scatter_reduce(0, channel_map, ax, "amax")
-        aw = torch.zeros(n_sources, dtype=torch.float64).scatter_reduce(0, channel_map, aw, "amax")
+        known = channel_map >= 0
+        cm = channel_map[known]
+        ax = torch.zeros(n_sources, dtype=torch.float64).scatter_reduce(0, cm, ax[known], "amax")
+        aw = torch.zeros(n_sources, dtype=torch.float64).scatter_reduce(0, cm, aw[known], "amax")
     floor_x = ax[ax > 0].min() if (ax > 0).any() else torch.tensor(1.0, dtype=torch.float64)
     floor_w = aw[aw > 0].min() if (aw > 0).any() else torch.tensor(1.0, dtype=torch.float64)
     s = ax.clamp_min(floor_x).pow(alpha) / aw.clamp_min(floor_w).pow(1.0 - alpha)
     s = s / torch.exp(torch.log(s).mean())
     s = s.clamp(1.0 / _FACTOR_RANGE, _FACTOR_RANGE).float()
-    return s if channel_map is None else s[channel_map]
+    if channel_map is None:
+        return s
+    return torch.where(channel_map >= 0, s[channel_map.clamp_min(0)], torch.ones(()))
 
 
 def _group_weights(model: nn.Module, g: SmoothGroup) -> List[Tensor]:
@@ -471,7 +485,8 @@ def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup
         else:
             cmap = g.channel_map
             n_src = model.get_submodule(g.source).out_features
-            r = torch.ones(n_src).scatter(0, cmap, 1.0 / g.factors)
+            known = cmap >= 0
+            r = torch.ones(n_src).scatter(0, cmap[known], 1.0 / g.factors[known])
             _scale_rows(model, g.source, r, g)
         for n in g.members:
             _scale_columns(model, n, g.factors, g)
