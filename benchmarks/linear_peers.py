@@ -36,6 +36,7 @@ PEER_LABELS = {  # key: (label, short name for the goals; None: not an int8 peer
     "ours_sym": ("ours QuantLinear symmetric (packed w)", None),
     "ours_asym": ("ours QuantLinear asymmetric (packed w)", None),
     "ours_plain": ("ours op symmetric, plain [N,K] w + w_sum", None),
+    "ours_smooth": ("ours QuantLinear symmetric + input_smooth", None),
     "qd_tensor": ("torch.ao quantize_dynamic, per-tensor w", "quantize_dynamic per-tensor"),
     "qd_channel": ("torch.ao quantize_dynamic, per-channel w", "quantize_dynamic per-channel"),
     "int_mm": ("torch._int_mm(x_int8, w_int8.t()), int32 out", "torch._int_mm"),
@@ -122,6 +123,11 @@ class Weights:
             self.ours = {mode: [tq.QuantLinear.from_float(linear_module(w), act_mode=mode)
                                 for _ in range(copies)]
                          for mode in ("symmetric", "asymmetric")}
+            # smoothing factors applied in the quantize step (the fallback
+            # when they cannot be folded into an earlier layer): their cost
+            smooth = torch.rand(K, generator=torch.Generator().manual_seed(0)) + 0.5
+            self.ours_smooth = [tq.QuantLinear.from_float(linear_module(w), smooth=smooth)
+                                for _ in range(copies)]
             self.plain = [self.w_q.clone() for _ in range(copies)]
             self.int_mm = [self.w_q.clone() for _ in range(copies)] if peers.int_mm else []
             self.w8 = [self.w_q.clone() for _ in range(copies)] if peers.w8pack else []
@@ -163,6 +169,8 @@ class Weights:
             LinCand("ours_sym", cycling(lambda m: m(x), [(m,) for m in self.ours["symmetric"]]),
                     self.packed_nbytes),
             LinCand("ours_asym", cycling(lambda m: m(x), [(m,) for m in self.ours["asymmetric"]]),
+                    self.packed_nbytes),
+            LinCand("ours_smooth", cycling(lambda m: m(x), [(m,) for m in self.ours_smooth]),
                     self.packed_nbytes),
             LinCand("ours_plain", cycling(lambda wt: tq.dynamic_quantized_linear(
                 x, wt, ws, None, wsum, "symmetric"), [(t,) for t in self.plain]), N * K),

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import importlib.util
 import json
 import math
@@ -238,7 +239,6 @@ def named_gguf(name: str) -> Path:
     if spec is None or spec.origin is None:
         raise missing
     if info.get("assemble"):
-        import importlib
         try:
             # joins the package's chunk files into one GGUF file in the user's
             # cache (once; later calls check its hash)
