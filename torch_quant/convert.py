@@ -88,8 +88,15 @@ class _Observer:
             seen = self.seen + head.shape[0] + torch.arange(rest.shape[0], dtype=torch.float64)
             slot = (torch.rand(rest.shape[0], generator=self.gen, dtype=torch.float64)
                     * (seen + 1)).long()
-            keep = slot < SAMPLE_ROWS
-            self.rows[slot[keep]] = rest[keep]
+            # Row by row, a later row replaces an earlier one in the same
+            # slot: an indexed write with repeated slots would leave it to
+            # chance (and the thread count) which one stays.
+            last: Dict[int, int] = {}
+            for i, sl in enumerate(slot.tolist()):
+                if sl < SAMPLE_ROWS:
+                    last[sl] = i
+            if last:
+                self.rows[torch.tensor(list(last))] = rest[torch.tensor(list(last.values()))]
         self.seen += n
 
 
