@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from . import ops
 from .nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float_weight_and_bias, is_conv1d
-from .smoothing import (SEARCH_ALPHAS, SmoothGroup, choose_alpha, find_groups, fold,
-                        probe_batch, smoothing_factors)
+from .smoothing import (SEARCH_ALPHAS, STATIC_MAX_ALPHA, SmoothGroup, choose_alpha,
+                        find_groups, fold, probe_batch, smoothing_factors)
 
 __all__ = ["quantize_model", "smooth_model"]
 
@@ -311,7 +311,8 @@ def quantize_model(
     if isinstance(smoothing, str):
         check_setting(where, "smoothing", smoothing, ("auto", "search", "off"))
         if smoothing == "search" or (smoothing == "auto" and calibration_data is not None):
-            alphas = [None, *SEARCH_ALPHAS]
+            alphas = [None, *(a for a in SEARCH_ALPHAS
+                              if act_granularity == "per_token" or a <= STATIC_MAX_ALPHA)]
     elif smoothing is not None:
         if not (math.isfinite(smoothing) and 0.0 <= smoothing <= 1.0):
             raise ValueError(f"{where}: smoothing alpha must be in [0, 1], got {smoothing!r}")
