@@ -44,8 +44,8 @@ from torch import Tensor, nn
 from . import ops
 from .nn import float_weight_and_bias
 
-__all__ = ["SEARCH_ALPHAS", "SmoothGroup", "find_groups", "smoothing_factors", "fold",
-           "choose_alpha", "smooth_model"]
+__all__ = ["SEARCH_ALPHAS", "STATIC_MAX_ALPHA", "SmoothGroup", "find_groups",
+           "smoothing_factors", "fold", "choose_alpha", "probe_batch"]
 
 #: alphas tried by the search (besides no smoothing)
 SEARCH_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -361,10 +361,6 @@ def choose_alpha(rows: Tensor, act_absmax: Tensor, ch_lo: Tensor, ch_hi: Tensor,
 # folding
 
 
-def _norm_forms(norm: nn.Module) -> List[str]:
-    return ["gain", "one_plus_gain"]
-
-
 def _fold_norm(model: nn.Module, g: SmoothGroup, s: Tensor, norm_input: Tensor) -> bool:
     """Divides the norm's output by s through its parameters, in the form
     that reproduces ``norm(x) / s`` on its recorded input; False (and the
@@ -376,7 +372,7 @@ def _fold_norm(model: nn.Module, g: SmoothGroup, s: Tensor, norm_input: Tensor) 
     saved_w, saved_b = w.detach().clone(), None if b is None else b.detach().clone()
     with torch.no_grad():
         want = norm(norm_input).float() / s
-        for form in _norm_forms(norm):
+        for form in ("gain", "one_plus_gain"):
             if form == "gain":
                 w.copy_((saved_w.float() / s).to(w.dtype))
             else:
@@ -435,7 +431,9 @@ def _scale_rows(model: nn.Module, name: str, r: Tensor, g: SmoothGroup) -> None:
     g.undo.append(undo)
 
 
-def _norm_inputs(model: nn.Module, names: Sequence[str], batch) -> Dict[str, Tensor]:
+def _inputs_and_output(model: nn.Module, names: Sequence[str], batch):
+    """({module name: its first input's first rows}, the model's outputs) of
+    one forward pass on ``batch``."""
     got: Dict[str, Tensor] = {}
     handles = []
     for n in set(names):
@@ -445,11 +443,11 @@ def _norm_inputs(model: nn.Module, names: Sequence[str], batch) -> Dict[str, Ten
         handles.append(model.get_submodule(n).register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            _run(model, batch)
+            out = _flat_outputs(_run(model, batch))
     finally:
         for h in handles:
             h.remove()
-    return got
+    return got, out
 
 
 def _flat_outputs(out) -> List[Tensor]:
@@ -478,17 +476,15 @@ def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup
     a fold that does not reproduce the float model's behaviour on ``batch`` is
     undone and its group becomes "input" groups (one per member). Returns the
     groups as they end up."""
-    with torch.no_grad():
-        before = _flat_outputs(_run(model, batch))
-    norm_in = _norm_inputs(model, [g.source for g in groups if g.kind == "norm"
-                                   and g.factors is not None], batch)
-    base_in = _norm_inputs(model, [n for g in groups if g.factors is not None
-                                   for n in g.members], batch)
+    folded = [n for g in groups if g.factors is not None and g.kind != "input"
+              for n in g.members]
+    norms = [g.source for g in groups if g.kind == "norm" and g.factors is not None]
+    seen, before = _inputs_and_output(model, folded + norms, batch)
     for g in groups:
         if g.factors is None or g.kind == "input":
             continue
         if g.kind == "norm":
-            if not _fold_norm(model, g, g.factors, norm_in[g.source]):
+            if not _fold_norm(model, g, g.factors, seen[g.source]):
                 g.kind = "input"
                 continue
         else:
@@ -502,18 +498,19 @@ def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup
 
     # Check: each folded layer now sees its old input divided by s, and the
     # model's output is unchanged.
-    after_in = _norm_inputs(model, list(base_in), batch)
+    after_in, after = _inputs_and_output(model, folded, batch)
+    undone = False
     for g in groups:
         if g.kind == "input" or g.factors is None:
             continue
-        ok = all(_close([after_in[n] * g.factors], [base_in[n]]) for n in g.members)
-        if not ok:
+        if not all(_close([after_in[n] * g.factors], [seen[n]]) for n in g.members):
             for u in reversed(g.undo):
                 u()
             g.undo.clear()
             g.kind = "input"
-    with torch.no_grad():
-        after = _flat_outputs(_run(model, batch))
+            undone = True
+    if undone:  # the output is checked with what remains folded
+        after = _inputs_and_output(model, [], batch)[1]
     if not _close(after, before):
         for g in groups:
             for u in reversed(g.undo):
