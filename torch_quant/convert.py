@@ -22,6 +22,7 @@ from . import ops
 from .nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float_weight_and_bias, is_conv1d
 from .smoothing import (SEARCH_ALPHAS, STATIC_MAX_ALPHA, SmoothGroup, choose_alpha,
                         find_groups, fold, probe_batch, smoothing_factors)
+from .smoothing import _run  # model(batch) for a tensor, tuple/list or dict batch
 
 __all__ = ["quantize_model", "smooth_model"]
 
@@ -126,19 +127,21 @@ def _targets(model: nn.Module, skip: Sequence[str]) -> Dict[str, nn.Module]:
     return out
 
 
+def _unique(layers: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
+    """Each module object once, under the first of its names."""
+    out: Dict[str, nn.Module] = {}
+    seen = set()
+    for name, layer in layers.items():
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            out[name] = layer
+    return out
+
+
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
-
-
-def _run(model: nn.Module, batch) -> None:
-    if isinstance(batch, dict):
-        model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch)
-    else:
-        model(batch)
 
 
 def _progress(data, enabled: bool):
@@ -333,10 +336,7 @@ def quantize_model(
                         f"place; use tq.QuantLinear.from_float(layer, ...)")
     layers = _targets(model, skip)
     # One observer and one QuantLinear per module object, whatever its names.
-    first_name: Dict[int, str] = {}
-    for name, layer in layers.items():
-        first_name.setdefault(id(layer), name)
-    unique = {n: layers[n] for n in first_name.values()}
+    unique = _unique(layers)
     _warn_tied(model, unique)
     first: list = []
     observers = (calibrate(model, unique, calibration_data, progress, first=first)
@@ -430,10 +430,8 @@ def smooth_model(model: nn.Module, calibration_data: Iterable, alpha: float = 0.
         raise ValueError(f"{where}: alpha must be in [0, 1], got {alpha!r}")
     skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
     layers = _targets(model, skip)
-    first_name: Dict[int, str] = {}
-    for name, layer in layers.items():
-        first_name.setdefault(id(layer), name)
-    unique = {n: layers[n] for n in first_name.values()}
+    unique = _unique(layers)
+    first_name = {id(m): n for n, m in unique.items()}
     first: list = []
     observers = calibrate(model, unique, calibration_data, progress, first=first)
     batch = probe_batch(first[0])
