@@ -37,6 +37,7 @@ PEER_LABELS = {  # key: (label, short name for the goals; None: not an int8 peer
     "ours_asym": ("ours QuantLinear asymmetric (packed w)", None),
     "ours_plain": ("ours op symmetric, plain [N,K] w + w_sum", None),
     "ours_smooth": ("ours QuantLinear symmetric + input_smooth", None),
+    "ours_hadamard": ("ours QuantLinear symmetric + Hadamard rotation", None),
     "qd_tensor": ("torch.ao quantize_dynamic, per-tensor w", "quantize_dynamic per-tensor"),
     "qd_channel": ("torch.ao quantize_dynamic, per-channel w", "quantize_dynamic per-channel"),
     "int_mm": ("torch._int_mm(x_int8, w_int8.t()), int32 out", "torch._int_mm"),
@@ -128,6 +129,10 @@ class Weights:
             smooth = torch.rand(K, generator=torch.Generator().manual_seed(0)) + 0.5
             self.ours_smooth = [tq.QuantLinear.from_float(linear_module(w), smooth=smooth)
                                 for _ in range(copies)]
+            # the largest Hadamard block up to 2048 (what conversion picks)
+            block = tq.nn.largest_hadamard_block(K)
+            self.ours_hadamard = [tq.QuantLinear.from_float(linear_module(w), hadamard_block=block)
+                                  for _ in range(copies)] if block else []
             self.plain = [self.w_q.clone() for _ in range(copies)]
             self.int_mm = [self.w_q.clone() for _ in range(copies)] if peers.int_mm else []
             self.w8 = [self.w_q.clone() for _ in range(copies)] if peers.w8pack else []
@@ -172,6 +177,8 @@ class Weights:
                     self.packed_nbytes),
             LinCand("ours_smooth", cycling(lambda m: m(x), [(m,) for m in self.ours_smooth]),
                     self.packed_nbytes),
+            *([LinCand("ours_hadamard", cycling(lambda m: m(x), [(m,) for m in self.ours_hadamard]),
+                       self.packed_nbytes)] if self.ours_hadamard else []),
             LinCand("ours_plain", cycling(lambda wt: tq.dynamic_quantized_linear(
                 x, wt, ws, None, wsum, "symmetric"), [(t,) for t in self.plain]), N * K),
         ]

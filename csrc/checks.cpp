@@ -281,11 +281,18 @@ QuantizedLinearArgs check_quantized_linear_args(
 DynamicLinearArgs check_dynamic_quantized_linear_args(
     const char* op, const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
-    std::string_view act_mode, const std::optional<at::Tensor>& smooth, ValueCheck values) {
+    std::string_view act_mode, const std::optional<at::Tensor>& smooth, int64_t hadamard_block,
+    ValueCheck values) {
   const Mode mode = parse_mode(op, act_mode, "act_mode");
   check_float_input(op, "x", x);
   TORCH_CHECK(x.dim() >= 1, op, ": x must have shape [*, K], got a 0-dim tensor");
   const int64_t N = check_linear_weight(op, x, w_q, w_scale, bias, w_sum);
+  const int64_t K = x.size(-1);
+  TORCH_CHECK(hadamard_block == 0 || (hadamard_block >= 2 &&
+                                      (hadamard_block & (hadamard_block - 1)) == 0 &&
+                                      K % hadamard_block == 0),
+              op, ": hadamard_block must be 0 or a power of two >= 2 that divides K = ", K,
+              ", got ", hadamard_block);
   if (smooth.has_value()) {
     const at::Tensor& s = *smooth;
     TORCH_CHECK(at::isFloatingType(s.scalar_type()), op,

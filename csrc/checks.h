@@ -172,7 +172,8 @@ QuantizedLinearArgs check_quantized_linear_args(
 // and > 0, like a scale). With ValueCheck::Read, w_scale and smooth are those
 // values as float32 CPU tensors (smooth undefined when absent); with Once,
 // w_scale is undefined and smooth is the argument as contiguous float32 on
-// x's device.
+// x's device. hadamard_block must be 0 (none) or a power of two >= 2 that
+// divides K.
 struct DynamicLinearArgs {
   Mode mode;
   int64_t N;
@@ -182,6 +183,7 @@ struct DynamicLinearArgs {
 DynamicLinearArgs check_dynamic_quantized_linear_args(
     const char* op, const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
-    std::string_view act_mode, const std::optional<at::Tensor>& smooth, ValueCheck values);
+    std::string_view act_mode, const std::optional<at::Tensor>& smooth, int64_t hadamard_block,
+    ValueCheck values);
 
 }  // namespace torch_quant

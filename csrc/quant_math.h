@@ -83,6 +83,33 @@ TQ_HOST_DEVICE float smoothed(float x, float factor) {
 #endif
 }
 
+// dynamic_quantized_linear's `hadamard_block` b (a power of two dividing K):
+// each run of b values of a row is replaced by its product with the b x b
+// Hadamard matrix of +-1 entries (Sylvester order, not normalised: the
+// per-token scale absorbs the factor b, the weight carries 1/b), computed as
+// log2(b) butterfly stages: at stage h = 1, 2, ..., b/2 the pairs (j, j + h),
+// j mod 2h < h, become (v[j] + v[j+h], v[j] - v[j+h]), each rounded once to
+// float32. That order is the contract: the CUDA path and reference.py run the
+// same stages, so all give the same bits. The rotation spreads a few large
+// channels over the whole block, which per-token quantization handles far
+// better (README, "Accuracy").
+//
+// hadamard_stages runs the stages h_from <= h < h_to (powers of two) on n
+// values (n a multiple of 2 * the last h); hadamard_rows(v, K, b) is all of them.
+TQ_HOST_DEVICE void hadamard_stages(float* v, int64_t n, int64_t h_from, int64_t h_to) {
+  for (int64_t h = h_from; h < h_to; h *= 2) {
+    for (int64_t i = 0; i < n; i += 2 * h) {
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = v[j], c = v[j + h];
+        v[j] = a + c;
+        v[j + h] = a - c;
+      }
+    }
+  }
+}
+
+TQ_HOST_DEVICE void hadamard_rows(float* v, int64_t K, int64_t b) { hadamard_stages(v, K, 1, b); }
+
 // x = (float(q) - float(zero_point)) * scale, exactly this formula (no fma).
 TQ_HOST_DEVICE float dequantize_val(int q, float scale, float zero_point) {
   return (static_cast<float>(q) - zero_point) * scale;

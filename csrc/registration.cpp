@@ -11,7 +11,7 @@ TORCH_LIBRARY(torch_quant, m) {
   m.def("quantized_linear(Tensor x_q, Tensor x_scale, Tensor x_zero_point, Tensor w_q, Tensor w_scale, "
         "Tensor? bias=None, Tensor? w_sum=None, ScalarType? out_dtype=None) -> Tensor");
   m.def("dynamic_quantized_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias=None, "
-        "Tensor? w_sum=None, str act_mode=\"symmetric\", Tensor? smooth=None) -> Tensor");
+        "Tensor? w_sum=None, str act_mode=\"symmetric\", Tensor? smooth=None, int hadamard_block=0) -> Tensor");
   m.def("pack_weight(Tensor w_q) -> Tensor");
   m.def("unpack_weight(Tensor w_packed, int K) -> Tensor");
 }

@@ -183,6 +183,13 @@ def test_dynamic_linear_matches_cpu(mode, K, rows):
     got = tq.dynamic_quantized_linear(x.cuda(), w_q.cuda(), ws.cuda(), None, None, mode,
                                       smooth.cuda())
     assert torch.equal(got.cpu(), want)
+    for block in (2, 64):  # a Hadamard rotation of the smoothed rows: same butterfly order
+        if K % block:
+            continue
+        want = tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode, smooth, block)
+        got = tq.dynamic_quantized_linear(x.cuda(), w_q.cuda(), ws.cuda(), None, None, mode,
+                                          smooth.cuda(), block)
+        assert torch.equal(got.cpu(), want)
 
 
 @gpu

@@ -56,10 +56,11 @@ def _packed_ql(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, w_sum=None, 
     return _PLAIN_QL(x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum, out_dtype)
 
 
-def _packed_dql(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric", smooth=None):
+def _packed_dql(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric", smooth=None,
+                hadamard_block=0):
     if _packable(w_q, w_sum):
         w_q, w_sum = tq.pack_weight(w_q), None
-    return _PLAIN_DQL(x, w_q, w_scale, bias, w_sum, act_mode, smooth)
+    return _PLAIN_DQL(x, w_q, w_scale, bias, w_sum, act_mode, smooth, hadamard_block)
 
 
 @pytest.fixture(autouse=True, params=["plain", "packed"])
@@ -614,6 +615,68 @@ def test_dynamic_smooth_of_ones_changes_nothing(isa, gen, mode):
                 tq.dynamic_quantized_linear(x, w_q, ws, None, None, mode, sm.float()), "f16 smooth")
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("smoothed", [False, True], ids=["plain", "smooth"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("shape,block", [((6, 32), 32), ((2, 3, 96), 32), ((9, 1024), 1024),
+                                         ((7, 1024), 2), ((1, 2), 2), ((0, 16), 8),
+                                         ((3, 4096), 2048), ((2, 512), 16), ((4, 48), 16)], ids=str)
+def test_dynamic_hadamard_quantizes_the_rotated_rows(isa, gen, shape, block, dtype, smoothed, mode):
+    """hadamard_block: the op quantizes hadamard_rows(x.float() * smooth) per
+    token (reference.py's butterfly order), bit for bit, on every ISA."""
+    K, N = shape[-1], 19
+    x = (torch.randn(shape, generator=gen) * 3).to(dtype)
+    if x.numel():
+        x[..., 1] *= 40  # an outlier channel
+    smooth = torch.rand(K, generator=gen) * 4 + 0.1 if smoothed else None
+    w_q = codes(gen, (N, K), torch.int8)
+    ws, bias = w_params(gen, N, True, True)
+    got = tq.dynamic_quantized_linear(x, w_q, ws, bias, None, mode, smooth, block)
+    assert got.dtype == dtype and got.shape == (*shape[:-1], N)
+    xs = x.float() if smooth is None else x.float() * smooth
+    q, qs, qz = tq.quantize_per_token(ref.hadamard_rows(xs, block), mode)
+    assert_same(got, ref_linear(q, qs, qz, w_q, ws, bias, dtype), "vs quantize_per_token of H x")
+    assert_same(got, ref.dynamic_quantized_linear(x, w_q, ws, bias, None, mode, smooth, block),
+                "vs reference")
+    if x.numel():  # the rotation matters
+        assert not torch.equal(got, tq.dynamic_quantized_linear(x, w_q, ws, bias, None, mode, smooth))
+
+
+@pytest.mark.parametrize("K,block", [(2, 2), (64, 8), (96, 32), (512, 512)])
+def test_hadamard_rows_is_the_block_hadamard_product(gen, K, block):
+    """The butterfly equals x times the block-diagonal Sylvester Hadamard
+    matrix built independently (Kronecker products of [[1, 1], [1, -1]])."""
+    x = torch.randn(5, K, generator=gen, dtype=torch.float64)
+    h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < block:
+        h = torch.kron(h2, h)
+    want = x @ torch.block_diag(*[h] * (K // block)).t()
+    torch.testing.assert_close(ref.hadamard_rows(x, block), want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(ref.hadamard_matrix(block), h)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dynamic_hadamard_with_rotated_weight_keeps_the_product(gen, mode):
+    """With the weight rotated as QuantLinear does (W H / b), the op's result
+    stays the float product; the rotation flattens an outlier channel, so it
+    is closer to it than without."""
+    K, N = 256, 48
+    x = torch.randn(64, K, generator=gen)
+    x[torch.arange(64), torch.randint(0, K, (64,), generator=gen)] *= 60  # one outlier per row
+    w = torch.randn(N, K, generator=gen)
+    want = x @ w.t()
+    errs = {}
+    for block in (0, 256):
+        w_r = tq.nn.rotated_weight(w, block) if block else w
+        s, z = tq.choose_qparams(w_r, "symmetric", axis=0)
+        w_q = tq.quantize(w_r, s, z, "symmetric", axis=0)
+        y = tq.dynamic_quantized_linear(x, w_q, s, None, None, mode, None, block)
+        errs[block] = float((y - want).norm() / want.norm())
+    assert errs[256] < 0.5 * errs[0], errs
+    assert errs[256] < 0.01, errs
+
+
 def test_dynamic_default_mode_is_symmetric(gen):
     x = torch.randn(4, 50, generator=gen)
     w_q = codes(gen, (6, 50), torch.int8)
@@ -713,6 +776,9 @@ def _opcheck_samples():
         out.append((f"dql-{mode}-smooth", ops.dynamic_quantized_linear.default,
                     (torch.randn(2, 3, K, generator=g).bfloat16(), tq.pack_weight(w_q), ws, bias,
                      None, mode, torch.rand(K, generator=g) + 0.5)))
+        out.append((f"dql-{mode}-hadamard", ops.dynamic_quantized_linear.default,
+                    (torch.randn(2, 3, K, generator=g), tq.pack_weight(w_q), ws, bias,
+                     None, mode, torch.rand(K, generator=g) + 0.5, 8)))
     x_q = codes(g, (5, K), torch.uint8)
     xs, xz = x_params(g, (5,), torch.uint8, True)
     out.append(("ql-packed", ops.quantized_linear.default,

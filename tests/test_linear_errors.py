@@ -42,8 +42,10 @@ def ql(x_q=XQ, x_scale=XS, x_zero_point=XZ, w_q=WQ, w_scale=WS, bias=None, w_sum
     return tq.quantized_linear(x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum, out_dtype)
 
 
-def dql(x=X, w_q=WQ, w_scale=WS, bias=None, w_sum=None, act_mode="symmetric", smooth=None):
-    return tq.dynamic_quantized_linear(x, w_q, w_scale, bias, w_sum, act_mode, smooth)
+def dql(x=X, w_q=WQ, w_scale=WS, bias=None, w_sum=None, act_mode="symmetric", smooth=None,
+        hadamard_block=0):
+    return tq.dynamic_quantized_linear(x, w_q, w_scale, bias, w_sum, act_mode, smooth,
+                                       hadamard_block)
 
 
 def test_valid_calls_do_not_raise():
@@ -52,6 +54,7 @@ def test_valid_calls_do_not_raise():
     assert ql(XU, x_zero_point=_t(255)).shape == (M, N)
     assert ql(bias=B, w_sum=WSUM, out_dtype=torch.float16).dtype == torch.float16
     assert dql(bias=B, w_sum=WSUM, act_mode="asymmetric").shape == (M, N)
+    assert dql(hadamard_block=2).shape == (M, N)
     # edges of the legal ranges
     for x_q, zps in ((XQ, (-128, 127)), (XU, (0, 255))):
         for zp in zps:
@@ -198,6 +201,11 @@ CASES = [
     ("dql_smooth_inf", lambda: dql(smooth=torch.full((K,), math.inf)), DQL, "smooth"),
     ("dql_smooth_nan", lambda: dql(smooth=torch.full((K,), math.nan)), DQL, "smooth"),
     ("dql_dev_smooth", lambda: dql(smooth=torch.ones(K, device="meta")), DQL, "smooth"),
+    # --- dynamic: hadamard_block (K = 6: only 2 is valid)
+    ("dql_hadamard_not_dividing", lambda: dql(hadamard_block=4), DQL, "hadamard_block"),
+    ("dql_hadamard_not_pow2", lambda: dql(hadamard_block=3), DQL, "hadamard_block"),
+    ("dql_hadamard_one", lambda: dql(hadamard_block=1), DQL, "hadamard_block"),
+    ("dql_hadamard_negative", lambda: dql(hadamard_block=-2), DQL, "hadamard_block"),
 ]
 
 
@@ -303,6 +311,7 @@ FAKE_CASES = [
     ("dql_bias_shape", lambda t: _fdql(t, bias=t["b"].reshape(1, N)), DQL, "bias"),
     ("dql_wsum_i64", lambda t: _fdql(t, w_sum=t["wsum"].long()), DQL, "w_sum"),
     ("dql_dev_ws", lambda t: _fdql(t, w_scale=t["meta_s"]), DQL, "w_scale"),
+    ("dql_hadamard", lambda t: _fdql(t, hadamard_block=4), DQL, "hadamard_block"),
 ]
 
 
@@ -334,6 +343,7 @@ def test_fake_kernels_accept_valid_calls():
         lambda t: _fql(t, x_q=t["xq"].reshape(2, 2, K), x_scale=t["xs"].expand(2, 2),
                        x_zero_point=t["xz"].expand(2, 2)),
         lambda t: _fdql(t, x=t["x"].half(), bias=t["b"], act_mode="asymmetric"),
+        lambda t: _fdql(t, hadamard_block=2),
         lambda t: _fdql(t, x=t["x"].reshape(2, 2, K).bfloat16(), w_scale=t["ws"][:1]),
     ]
     with FakeTensorMode() as mode:

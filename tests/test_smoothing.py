@@ -295,3 +295,67 @@ def test_quantize_model_is_deterministic(gen):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert [r.to_dict() for r in tq.quantization_report(a)] == \
         [r.to_dict() for r in tq.quantization_report(b)]
+
+
+class TwoLayers(nn.Module):
+    def __init__(self, k=64, h=48):
+        super().__init__()
+        self.fc1 = nn.Linear(k, h)
+        self.fc2 = nn.Linear(h, k)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def roaming_outliers(gen, rows=256, k=64, size=60.0):
+    """Each row has its own outlier channel: no per-channel factor can
+    flatten that, a rotation can."""
+    x = torch.randn(rows, k, generator=gen)
+    x[torch.arange(rows), torch.randint(0, k, (rows,), generator=gen)] *= size
+    return x
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "asymmetric", "auto"])
+def test_search_rotates_inputs_whose_outliers_roam(gen, mode, tmp_path):
+    """The search picks a Hadamard rotation for a layer whose outlier channel
+    changes from row to row, that layer ends up closer to float than without
+    smoothing, the report says so, and the rotation saves and loads."""
+    torch.manual_seed(0)
+    m = TwoLayers().eval()
+    calib = [roaming_outliers(gen) for _ in range(2)]
+    q = tq.quantize_model(copy.deepcopy(m), mode, calibration_data=calib, progress=False)
+    plain = tq.quantize_model(copy.deepcopy(m), mode, calibration_data=calib, smoothing=None,
+                              progress=False)
+    rep = {r.name: r.smoothing for r in tq.quantization_report(q)}
+    assert rep["fc1"]["hadamard_block"] == 64 and rep["fc1"]["alpha"] is None
+    assert q.fc1.hadamard_block == 64 and plain.fc1.hadamard_block == 0
+    x = roaming_outliers(gen)
+    with torch.no_grad():
+        want = m.fc1(x)
+        assert rel_err(q.fc1(x), want) < 0.75 * rel_err(plain.fc1(x), want)
+        path = tmp_path / "m.safetensors"
+        tq.save(q, path)
+        fresh = tq.load(copy.deepcopy(m), path)
+        assert fresh.fc1.hadamard_block == 64
+        assert torch.equal(fresh(x), q(x))
+    # a fixed alpha is smoothing only; per-tensor activations never rotate
+    fixed = tq.quantize_model(copy.deepcopy(m), "symmetric", calibration_data=calib,
+                              smoothing=0.5, progress=False)
+    static = tq.quantize_model(copy.deepcopy(m), "symmetric", "per_tensor", calib, progress=False)
+    assert fixed.fc1.hadamard_block == 0 and static.fc1.hadamard_block == 0
+
+
+def test_hadamard_layer_arguments():
+    lin = nn.Linear(24, 5)
+    for bad in (3, 16, 1, -8):
+        with pytest.raises(ValueError, match="hadamard_block"):
+            QuantLinear.from_float(lin, "symmetric", hadamard_block=bad)
+    with pytest.raises(TypeError, match="hadamard_block"):
+        QuantLinear.from_float(lin, "symmetric", hadamard_block=8.0)
+    with pytest.raises(ValueError, match="per_token"):
+        QuantLinear(24, 5, act_granularity="per_tensor", hadamard_block=8)
+    q = QuantLinear.from_float(lin, "asymmetric", hadamard_block=8)
+    x = torch.randn(7, 24)
+    with torch.no_grad():
+        assert rel_err(q(x), lin(x)) < 0.02
+    assert "hadamard_block=8" in repr(q)

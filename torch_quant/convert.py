@@ -18,10 +18,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from . import ops
-from .nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float_weight_and_bias, is_conv1d
+from . import ops, reference
+from .nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float_weight_and_bias,
+                 is_conv1d, rotated_weight)
 from .smoothing import (SEARCH_ALPHAS, STATIC_MAX_ALPHA, SmoothGroup, choose_alpha,
-                        find_groups, fold, probe_batch, smoothing_factors)
+                        choose_rotation, find_groups, fold, probe_batch, smoothing_factors)
 from .smoothing import _run  # model(batch) for a tensor, tuple/list or dict batch
 
 __all__ = ["quantize_model", "smooth_model"]
@@ -353,8 +354,13 @@ def quantize_model(
             weights = [float_weight_and_bias(unique[n])[0].detach().float() for n in g.members]
             n_src = (model.get_submodule(g.source).out_features
                      if g.channel_map is not None else 0)
-            g.alpha, _ = choose_alpha(obs.rows, obs.absmax(), obs.ch_lo, obs.ch_hi, weights,
-                                      modes, act_granularity, alphas, g.channel_map, n_src)
+            g.alpha, errs = choose_alpha(obs.rows, obs.absmax(), obs.ch_lo, obs.ch_hi, weights,
+                                         modes, act_granularity, alphas, g.channel_map, n_src)
+            if len(alphas) > 1:  # searched: a rotation is one more candidate
+                g.hadamard_block = choose_rotation(obs.rows, weights, modes, act_granularity,
+                                                   errs)
+                if g.hadamard_block:
+                    g.alpha = None
             if g.alpha is not None:
                 g.factors = smoothing_factors(obs.absmax(), weights, g.alpha, g.channel_map,
                                               n_src)
@@ -375,6 +381,9 @@ def quantize_model(
         # what the layer receives: x itself when the quantize step divides it
         rows_in = raw.rows if group is not None and group.kind == "input" and s is not None else rows
         smooth_arg = s if group is not None and group.kind == "input" else None
+        block = group.hadamard_block if group is not None else 0
+        if block and rows is not None:  # statistics of what gets quantized: the rotated rows
+            rows = reference.hadamard_rows(rows, block)
         stats: dict = {"float_weight_bytes": sum(
             t.numel() * t.element_size() for t in (layer.weight, layer.bias) if t is not None)}
         if group is not None:
@@ -388,7 +397,8 @@ def quantize_model(
             if act_granularity == "per_tensor":
                 scale, zp = static_qparams(lo, hi, m)
             candidates[m] = (QuantLinear.from_float(layer, m, act_granularity, scale, zp,
-                                                    smooth=smooth_arg), scale, zp)
+                                                    smooth=smooth_arg, hadamard_block=block),
+                             scale, zp)
         mode = act_mode
         if act_mode == "auto":
             err = {m: _output_mse(layer, candidates[m][0], rows_in) for m in ACT_MODES}
@@ -400,6 +410,8 @@ def quantize_model(
         w = float_weight_and_bias(layer)[0].detach().float()
         if smooth_arg is not None:
             w = w * smooth_arg
+        if block:
+            w = rotated_weight(w, block)
         stats["weight_sqnr_db"] = sqnr_db(w, q.dequantized_weight())
         if rows is not None:
             stats["act_range_utilization"] = act_range_utilization(rows, obs, mode,

@@ -405,7 +405,8 @@ def smoothing_summary(layers: List[dict]) -> str:
         return "not smoothed"
     kinds: Dict[str, int] = {}
     for s in sm:
-        key = s["kind"] + ("" if s["alpha"] is not None else " (off)")
+        key = s["kind"] + (" (hadamard)" if s.get("hadamard_block") else
+                           "" if s["alpha"] is not None else " (off)")
         kinds[key] = kinds.get(key, 0) + 1
     alphas = sorted(s["alpha"] for s in sm if s["alpha"] is not None)
     if not alphas:

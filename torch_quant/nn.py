@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from . import ops, reference
 
 __all__ = ["QuantLinear", "ACT_MODES", "ACT_GRANULARITIES"]
 
@@ -25,6 +25,35 @@ ACT_MODES = ("symmetric", "asymmetric")
 ACT_GRANULARITIES = ("per_token", "per_tensor")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _DYNAMIC_LINEAR = torch.ops.torch_quant.dynamic_quantized_linear.default
+
+
+def check_hadamard_block(where: str, block: object, in_features: int, granularity: str) -> None:
+    """hadamard_block: 0, or a power of two >= 2 dividing in_features, per token only."""
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise TypeError(f"{where}: hadamard_block must be an int, got {type(block).__name__}")
+    if block == 0:
+        return
+    if block < 2 or block & (block - 1) or in_features % block:
+        raise ValueError(f"{where}: hadamard_block must be 0 or a power of two >= 2 that "
+                         f"divides in_features = {in_features}, got {block}")
+    if granularity != "per_token":
+        raise ValueError(f"{where}: hadamard_block needs act_granularity='per_token' (the "
+                         f"rotation happens inside the fused per-token op), got {granularity!r}")
+
+
+def rotated_weight(w: Tensor, block: int) -> Tensor:
+    """``W H / block`` run by run along the input dim (computed in float64):
+    the weight that, fed rows rotated by ``reference.hadamard_rows``, gives
+    W's product."""
+    n, k = w.shape
+    h = reference.hadamard_matrix(block).to(w.device)
+    return ((w.double().reshape(n, k // block, block) @ h) / block).reshape(n, k).to(w.dtype)
+
+
+def largest_hadamard_block(in_features: int, cap: int = 2048) -> int:
+    """The largest power of two <= cap dividing in_features (0 when that is 1)."""
+    b = min(in_features & -in_features, cap) if in_features > 0 else 0
+    return b if b >= 2 else 0
 
 
 def check_setting(where: str, name: str, value: object, allowed) -> None:
@@ -48,7 +77,11 @@ class QuantLinear(nn.Module):
     ``smooth=True`` ``input_smooth`` float32 ``[in]``: the input is multiplied
     by it before it is quantized (activation smoothing whose factors could
     not be folded into an earlier layer; the weight's columns hold the
-    inverse factors).
+    inverse factors). ``hadamard_block`` b > 0 (per token only): each run of b
+    input channels is multiplied by the b x b Hadamard matrix before it is
+    quantized (inside the fused op), which spreads a few outlier channels over
+    the run; the weight holds ``W H / b`` per run, so the product is unchanged
+    up to rounding.
 
     Input: ``[*, in_features]`` in float32, float16 or bfloat16; the output has
     the input's dtype. Build one with :meth:`from_float`.
@@ -56,10 +89,13 @@ class QuantLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  act_mode: str = "symmetric", act_granularity: str = "per_token",
-                 device: Optional[torch.device] = None, smooth: bool = False) -> None:
+                 device: Optional[torch.device] = None, smooth: bool = False,
+                 hadamard_block: int = 0) -> None:
         super().__init__()
         check_setting("QuantLinear", "act_mode", act_mode, ACT_MODES)
         check_setting("QuantLinear", "act_granularity", act_granularity, ACT_GRANULARITIES)
+        check_hadamard_block("QuantLinear", hadamard_block, in_features, act_granularity)
+        self.hadamard_block = int(hadamard_block)
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.act_mode = act_mode
@@ -86,7 +122,7 @@ class QuantLinear(nn.Module):
     def from_float(cls, linear: nn.Module, act_mode: str = "symmetric",
                    act_granularity: str = "per_token", input_scale: Optional[Tensor] = None,
                    input_zero_point: Optional[Tensor] = None,
-                   smooth: Optional[Tensor] = None) -> "QuantLinear":
+                   smooth: Optional[Tensor] = None, hadamard_block: int = 0) -> "QuantLinear":
         """Quantize an ``nn.Linear`` (or a Hugging Face ``Conv1D``, whose weight
         is stored transposed). ``per_tensor`` needs ``input_scale`` and
         ``input_zero_point`` (from calibration, see ``tq.quantize_model``),
@@ -95,9 +131,16 @@ class QuantLinear(nn.Module):
         ``smooth`` (``[in]``, finite, > 0): smoothing factors s. The layer then
         computes ``(x / s) (W s)^T``: the weight's columns are multiplied by s
         before they are quantized and the input is multiplied by ``1 / s``
-        (the ``input_smooth`` buffer) before it is."""
+        (the ``input_smooth`` buffer) before it is.
+
+        ``hadamard_block`` b (per token only; 0 = none, else a power of two
+        dividing ``in``): the input is rotated by the b x b Hadamard matrix H
+        run by run inside the op, and the weight (after smoothing) is
+        replaced by ``W H / b`` before it is quantized (in float64)."""
         weight, bias = float_weight_and_bias(linear)
         out_features, in_features = weight.shape
+        check_hadamard_block("QuantLinear.from_float", hadamard_block, in_features,
+                             act_granularity)
         if smooth is not None:
             smooth = torch.as_tensor(smooth, dtype=torch.float32, device=weight.device)
             if smooth.shape != (in_features,) or not (torch.isfinite(smooth).all()
@@ -105,8 +148,10 @@ class QuantLinear(nn.Module):
                 raise ValueError(f"QuantLinear.from_float: smooth must hold {in_features} "
                                  f"finite factors > 0, got shape {tuple(smooth.shape)}")
             weight = weight.detach().float() * smooth
+        if hadamard_block:
+            weight = rotated_weight(weight.detach().float(), hadamard_block)
         q = cls(in_features, out_features, bias is not None, act_mode, act_granularity,
-                device=weight.device, smooth=smooth is not None)
+                device=weight.device, smooth=smooth is not None, hadamard_block=hadamard_block)
         if act_granularity == "per_tensor" and (input_scale is None or input_zero_point is None):
             raise ValueError("QuantLinear.from_float: act_granularity='per_tensor' needs "
                              "input_scale and input_zero_point (calibrate with "
@@ -141,7 +186,8 @@ class QuantLinear(nn.Module):
         w_sum = None if w.dim() == 3 else b["weight_sum"]  # a packed weight holds its sums
         smooth = b.get("input_smooth")
         if self.act_granularity == "per_token":
-            return _DYNAMIC_LINEAR(x, w, b["weight_scale"], b["bias"], w_sum, self.act_mode, smooth)
+            return _DYNAMIC_LINEAR(x, w, b["weight_scale"], b["bias"], w_sum, self.act_mode, smooth,
+                                   self.hadamard_block)
         dtype = x.dtype
         if smooth is not None:  # as the fused op does it: x.float() * smooth, in float32
             x = x.float() * smooth
@@ -196,7 +242,8 @@ class QuantLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, weight=int8 symmetric per-channel, "
                 f"act_mode={self.act_mode}, act_granularity={self.act_granularity}"
-                + (", smooth=True" if "input_smooth" in self._buffers else ""))
+                + (", smooth=True" if "input_smooth" in self._buffers else "")
+                + (f", hadamard_block={self.hadamard_block}" if self.hadamard_block else ""))
 
 
 def _packs(device) -> bool:

@@ -135,6 +135,7 @@ def dynamic_quantized_linear(
     w_sum: Optional[Tensor] = None,
     act_mode: str = "symmetric",
     smooth: Optional[Tensor] = None,
+    hadamard_block: int = 0,
 ) -> Tensor:
     """``quantize_per_token(x, act_mode)`` followed by :func:`quantized_linear`, fused.
 
@@ -147,8 +148,15 @@ def dynamic_quantized_linear(
     multiplied by it first, ``x.float() * smooth`` rounded to float32, and
     that product is what is quantized (activation smoothing: the weight's
     columns carry the inverse factors, see ``tq.quantize_model(smoothing=)``).
+
+    ``hadamard_block`` (0, or a power of two >= 2 dividing K): then each run
+    of that many values of a (smoothed) row is multiplied by the Hadamard
+    matrix of +-1 entries before it is quantized (:func:`torch_quant.reference.hadamard_rows`
+    gives the exact order of operations); the weight must carry the same
+    rotation divided by the block size (``QuantLinear.from_float(hadamard_block=)``).
     """
-    return _ops.dynamic_quantized_linear.default(x, w_q, w_scale, bias, w_sum, act_mode, smooth)
+    return _ops.dynamic_quantized_linear.default(x, w_q, w_scale, bias, w_sum, act_mode, smooth,
+                                                 hadamard_block)
 
 
 def pack_weight(w_q: Tensor) -> Tensor:
@@ -407,7 +415,7 @@ def _quantized_linear_fake(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, 
 
 @torch.library.register_fake("torch_quant::dynamic_quantized_linear")
 def _dynamic_quantized_linear_fake(x, w_q, w_scale, bias=None, w_sum=None, act_mode="symmetric",
-                                   smooth=None):
+                                   smooth=None, hadamard_block=0):
     op = "torch_quant.dynamic_quantized_linear"
     _check_mode(op, act_mode, "act_mode")
     _check_float(op, "x", x)
@@ -421,6 +429,12 @@ def _dynamic_quantized_linear_fake(x, w_q, w_scale, bias=None, w_sum=None, act_m
                      f"per input channel), got {list(smooth.shape)}")
         torch._check(smooth.device == x.device,
                      lambda: f"{op}: smooth must be on x's device ({x.device}), got {smooth.device}")
+    K = x.shape[-1]
+    torch._check(
+        hadamard_block == 0 or (hadamard_block >= 2 and hadamard_block & (hadamard_block - 1) == 0
+                                and K % hadamard_block == 0),
+        lambda: f"{op}: hadamard_block must be 0 or a power of two >= 2 that divides K = {K}, "
+        f"got {hadamard_block}")
     return x.new_empty((*x.shape[:-1], N))
 
 

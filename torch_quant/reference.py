@@ -175,6 +175,32 @@ def quantized_linear(
     return y.reshape(*lead, N).to(out_dtype or torch.float32)
 
 
+def hadamard_rows(x: Tensor, block: int) -> Tensor:
+    """Each run of ``block`` values along the last dim times the (unnormalised,
+    Sylvester-order) Hadamard matrix, by butterfly stages h = 1, 2, ...,
+    block / 2: pairs (j, j + h) inside each run of 2h become (a + c, a - c),
+    each rounded to x's dtype. The order the kernels follow."""
+    K = x.shape[-1]
+    if x.numel() == 0:
+        return x
+    v = x.reshape(-1, K)
+    h = 1
+    while h < block:
+        pairs = v.reshape(v.shape[0], K // (2 * h), 2, h)
+        a, c = pairs[:, :, 0], pairs[:, :, 1]
+        v = torch.stack([a + c, a - c], 2).reshape(-1, K)
+        h *= 2
+    return v.reshape(x.shape)
+
+
+def hadamard_matrix(n: int) -> Tensor:
+    """The n x n Hadamard matrix of +-1 entries in Sylvester order (float64)."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
 def dynamic_quantized_linear(
     x: Tensor,
     w_q: Tensor,
@@ -183,9 +209,13 @@ def dynamic_quantized_linear(
     w_sum: Optional[Tensor] = None,
     act_mode: str = "symmetric",
     smooth: Optional[Tensor] = None,
+    hadamard_block: int = 0,
 ) -> Tensor:
-    """quantize_per_token(x * smooth, act_mode) then quantized_linear, in x's dtype."""
+    """quantize_per_token(hadamard_rows(x * smooth), act_mode) then
+    quantized_linear, in x's dtype."""
     xs = x if smooth is None else x.float() * smooth.float()
+    if hadamard_block:
+        xs = hadamard_rows(xs.float(), hadamard_block)
     x_q, scale, zp = quantize_per_token(xs, act_mode)
     return quantized_linear(x_q, scale, zp, w_q, w_scale, bias, w_sum, out_dtype=x.dtype)
 

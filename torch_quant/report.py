@@ -42,7 +42,8 @@ class LayerReport:
     #: activation smoothing: {"kind": "norm" | "linear" | "input", "source": the
     #: norm or previous layer the factors were folded into (None for "input":
     #: applied in the quantize step), "alpha": None when not smoothed,
-    #: "factor_min", "factor_max"}; None when converted without calibration data
+    #: "factor_min", "factor_max", "hadamard_block": > 0 when the layer rotates
+    #: its input instead (alpha None)}; None when converted without calibration data
     smoothing: Optional[dict] = None
 
     def to_dict(self) -> dict:

@@ -33,6 +33,8 @@ def _settings(q: QuantLinear) -> dict:
          "bias": q.bias is not None}
     if "input_smooth" in q._buffers:  # recorded only when present (older files lack it)
         s["smooth"] = True
+    if q.hadamard_block:  # likewise
+        s["hadamard_block"] = q.hadamard_block
     return s
 
 
@@ -152,7 +154,8 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
         with torch.no_grad():
             replacements[name] = QuantLinear(s["in_features"], s["out_features"], s["bias"],
                                              s["act_mode"], s["act_granularity"],
-                                             device=weight.device, smooth=bool(s.get("smooth")))
+                                             device=weight.device, smooth=bool(s.get("smooth")),
+                                             hadamard_block=s.get("hadamard_block", 0))
     extra = [n for n, _ in quantized_layers(model) if n not in layers]
     if extra:
         raise ValueError(f"tq.load: the model has quantized layers that {path} does not: "

@@ -30,6 +30,16 @@ searched per group of layers that share an input: the one whose layers'
 outputs on the sampled calibration rows (int8 weight, activations quantized
 as the layer will) are closest to the float outputs (error relative to the
 output's power, summed over the group; "off" is a candidate).
+
+With per-token activations the search has one more candidate per group: no
+smoothing, and a **Hadamard rotation** of each layer's input instead
+(``hadamard_block`` of ``dynamic_quantized_linear``; the weight holds
+``W H / b``). A rotation mixes every channel of a run of b into every other,
+so an outlier channel no longer sets a row's scale alone: on Gemma 3 270M's
+``down_proj`` inputs (the product of the gated MLP, which no per-channel
+factor flattens well) it cut the mean KL divergence from fp32 of quantizing
+those layers alone from 0.0067 (searched smoothing) to 0.0008. It is chosen
+where it gives the smaller summed layer output error, like an alpha.
 """
 
 from __future__ import annotations
@@ -41,11 +51,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import ops
-from .nn import float_weight_and_bias
+from . import ops, reference
+from .nn import float_weight_and_bias, largest_hadamard_block, rotated_weight
 
 __all__ = ["SEARCH_ALPHAS", "STATIC_MAX_ALPHA", "SmoothGroup", "find_groups",
-           "smoothing_factors", "fold", "choose_alpha", "probe_batch"]
+           "smoothing_factors", "fold", "choose_alpha", "choose_rotation",
+           "probe_batch"]
 
 #: alphas tried by the search (besides no smoothing)
 SEARCH_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -77,6 +88,7 @@ class SmoothGroup:
     form: str = ""
     channel_map: Optional[Tensor] = None
     alpha: Optional[float] = None  # None: not smoothed
+    hadamard_block: int = 0  # > 0: the members rotate their inputs instead
     factors: Optional[Tensor] = None  # s, per input channel of the members
     undo: List[Callable[[], None]] = field(default_factory=list, repr=False)
 
@@ -84,7 +96,8 @@ class SmoothGroup:
         s = self.factors
         return {"kind": self.kind, "source": self.source or None, "alpha": self.alpha,
                 "factor_min": None if s is None else float(s.min()),
-                "factor_max": None if s is None else float(s.max())}
+                "factor_max": None if s is None else float(s.max()),
+                "hadamard_block": self.hadamard_block}
 
 
 class _Stop(Exception):
@@ -319,12 +332,16 @@ def _fake_quant_rows(x: Tensor, mode: str, granularity: str, lo: float, hi: floa
 
 
 def layer_errors(rows: Tensor, weights: Sequence[Tensor], s: Optional[Tensor], modes: Sequence[str],
-                 granularity: str, ch_lo: Tensor, ch_hi: Tensor) -> Dict[str, List[float]]:
+                 granularity: str, ch_lo: Tensor, ch_hi: Tensor,
+                 hadamard_block: int = 0) -> Dict[str, List[float]]:
     """Per mode, per weight: the output error of the quantized layer on
     ``rows`` (squared error over the float output's power), inputs divided
-    by s (None: not smoothed). The per-tensor range is calibration's
-    per-channel range divided by s."""
+    by s (None: not smoothed) or rotated (``hadamard_block``, per token
+    only). The per-tensor range is calibration's per-channel range divided
+    by s."""
     x = rows if s is None else rows / s
+    if hadamard_block:
+        x = reference.hadamard_rows(x, hadamard_block)
     lo = float((ch_lo if s is None else ch_lo / s).min())
     hi = float((ch_hi if s is None else ch_hi / s).max())
     out: Dict[str, List[float]] = {}
@@ -332,11 +349,30 @@ def layer_errors(rows: Tensor, weights: Sequence[Tensor], s: Optional[Tensor], m
     for w in weights:
         ref = rows @ w.t()
         power = float(ref.double().pow(2).mean()) or 1.0
-        w_q = _fake_quant_weight(w if s is None else w * s)
+        w_s = w if s is None else w * s
+        if hadamard_block:
+            w_s = rotated_weight(w_s, hadamard_block)
+        w_q = _fake_quant_weight(w_s)
         for m in modes:
             err = float((x_q[m] @ w_q.t() - ref).double().pow(2).mean()) / power
             out.setdefault(m, []).append(err)
     return out
+
+
+def choose_rotation(rows: Tensor, weights: Sequence[Tensor], modes: Sequence[str],
+                    granularity: str, best_errors: Dict[str, List[float]]) -> int:
+    """The Hadamard block for these layers (the largest power of two up to
+    2048 dividing K) when rotating their inputs gives a smaller summed layer
+    output error than ``best_errors`` (the chosen alpha's), else 0."""
+    block = largest_hadamard_block(rows.shape[-1])
+    if not block or granularity != "per_token":
+        return 0
+    z = rows.new_zeros(rows.shape[-1])
+    rot = layer_errors(rows, weights, None, modes, granularity, z, z, hadamard_block=block)
+
+    def total(errs):
+        return sum(min(errs[m][i] for m in modes) for i in range(len(weights)))
+    return block if total(rot) < total(best_errors) else 0
 
 
 def choose_alpha(rows: Tensor, act_absmax: Tensor, ch_lo: Tensor, ch_hi: Tensor,

@@ -184,10 +184,11 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
                                         const std::optional<at::Tensor>& bias,
                                         const std::optional<at::Tensor>& w_sum,
                                         std::string_view act_mode,
-                                        const std::optional<at::Tensor>& smooth_arg) {
+                                        const std::optional<at::Tensor>& smooth_arg,
+                                        int64_t hadamard_block) {
   const auto [mode, N, ws, smooth] = check_dynamic_quantized_linear_args(
       "torch_quant.dynamic_quantized_linear", x_in, w_q, w_scale, bias, w_sum, act_mode,
-      smooth_arg, ValueCheck::Read);
+      smooth_arg, hadamard_block, ValueCheck::Read);
   const at::Tensor x = x_in.contiguous();
   const int64_t K = x.size(-1);
   const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
@@ -204,8 +205,9 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   uint8_t* codes = codes_buf.get();
   std::vector<float> scales(static_cast<size_t>(M));
   std::vector<int32_t> zps(static_cast<size_t>(M));
-  // With smooth, each row is first multiplied by it (in float32, into a
-  // buffer of the thread's) and the product is what gets quantized.
+  // With smooth and/or hadamard_block, each row is first multiplied by the
+  // factors and then rotated (in float32, in a buffer of the thread's,
+  // quant_math.h) and the result is what gets quantized.
   const float* sm = smooth.defined() ? smooth.const_data_ptr<float>() : nullptr;
   const auto quantize_row = [&](const auto* row, int64_t r) {
     float lo = INFINITY, hi = -INFINITY;
@@ -224,14 +226,19 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
     visit_float(x.scalar_type(), [&](auto tag) {
       using In = decltype(tag);
       const In* xp = x.const_data_ptr<In>();
-      if (sm == nullptr) {
+      if (sm == nullptr && hadamard_block == 0) {
         for (int64_t r = begin; r < end; ++r) quantize_row(xp + r * K, r);
         return;
       }
       std::vector<float> buf(static_cast<size_t>(K));
       for (int64_t r = begin; r < end; ++r) {
         const In* row = xp + r * K;
-        for (int64_t k = 0; k < K; ++k) buf[k] = smoothed(static_cast<float>(row[k]), sm[k]);
+        if (sm != nullptr) {
+          for (int64_t k = 0; k < K; ++k) buf[k] = smoothed(static_cast<float>(row[k]), sm[k]);
+        } else {
+          for (int64_t k = 0; k < K; ++k) buf[k] = static_cast<float>(row[k]);
+        }
+        if (hadamard_block > 0) hadamard(buf.data(), K, hadamard_block);
         quantize_row(buf.data(), r);
       }
     });

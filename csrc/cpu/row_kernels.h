@@ -9,6 +9,7 @@
 //   quantize_pc     q[i] = quantize_val(x[i], inv_scale[i], zero_point[i])      (per element)
 //   dequantize      x[i] = dequantize_val(q[i], scale, zero_point)
 //   dequantize_pc   x[i] = dequantize_val(q[i], scale[i], zero_point[i])
+//   hadamard        quant_math.h's hadamard_rows in place (same stages, same bits)
 //
 // Zero points travel as float here: they are small integers, exact in float,
 // and the vector code then needs no integer/float conversions per element.
@@ -37,7 +38,8 @@
   void dequantize(const Q* q, int64_t n, float scale, float zero_point, Out* x);     \
   template <typename Q, typename Out>                                                \
   void dequantize_pc(const Q* q, int64_t n, const float* scale,                      \
-                     const float* zero_point, Out* x);
+                     const float* zero_point, Out* x);                                \
+  void hadamard(float* v, int64_t n, int64_t block);
 
 namespace torch_quant::cpu {
 
@@ -83,6 +85,10 @@ template <typename Q, typename Out>
 void dequantize_pc(const Q* q, int64_t n, const float* scale, const float* zero_point,
                    Out* x) {
   TORCH_QUANT_DISPATCH_ISA(dequantize_pc, q, n, scale, zero_point, x)
+}
+
+inline void hadamard(float* v, int64_t n, int64_t block) {
+  TORCH_QUANT_DISPATCH_ISA(hadamard, v, n, block)
 }
 
 #undef TORCH_QUANT_DISPATCH_ISA

@@ -195,6 +195,76 @@ void dequantize_pc(const Q* q, int64_t n, const float* scale, const float* zero_
   dequantize_pc_impl<V, Q, Out>(q, n, scale, zero_point, x);
 }
 
+// The butterfly of quant_math.h's hadamard_rows, stage by stage the same
+// float operations (so the same bits), with fewer passes over the row:
+// * stages h < W pair lanes of one vector: Vec::butterfly forms a + c and
+//   a - c from the vector and its lane-swapped copy;
+// * larger stages pair whole vectors; each pass loads 2^k vectors h apart
+//   and runs k stages (h, 2h, ..., 2^(k-1) h) on them in registers (the first
+//   pass also runs the in-vector stages first). Each value still goes through
+//   the stages in order h = 1, 2, 4, ...
+template <typename Vec, int k>
+void hadamard_pass(float* v, int64_t n, int64_t h, bool in_vector_stages) {
+  constexpr int R = 1 << k;
+  for (int64_t r = 0; r < n; r += h * R) {
+    for (int64_t j = r; j < r + h; j += Vec::W) {
+      typename Vec::F x[R];
+      for (int i = 0; i < R; ++i) {
+        x[i] = Vec::load(v + j + i * h);
+        if (in_vector_stages)
+          for (int s = 1; s < Vec::W; s *= 2) x[i] = Vec::butterfly(x[i], s);
+      }
+      for (int t = 1; t < R; t *= 2) {
+        for (int i = 0; i < R; ++i) {
+          if (i & t) continue;
+          const typename Vec::F a = x[i], c = x[i + t];
+          x[i] = Vec::add(a, c);
+          x[i + t] = Vec::sub(a, c);
+        }
+      }
+      for (int i = 0; i < R; ++i) Vec::store(v + j + i * h, x[i]);
+    }
+  }
+}
+
+template <typename Vec>
+void hadamard_impl(float* v, int64_t n, int64_t block) {
+  if constexpr (Vec::W > 1) {
+    if (block < Vec::W) {  // runs shorter than a vector: in-vector stages below block
+      int64_t i = 0;
+      for (; i + Vec::W <= n; i += Vec::W) {
+        typename Vec::F x = Vec::load(v + i);
+        for (int s = 1; s < block; s *= 2) x = Vec::butterfly(x, s);
+        Vec::store(v + i, x);
+      }
+      torch_quant::hadamard_stages(v + i, n - i, 1, block);  // whole runs
+      return;
+    }
+    // block >= W: n is a multiple of W; up to 3 vector stages per pass
+    bool first = true;
+    for (int64_t h = Vec::W; first || h < block;) {
+      const int64_t left = block / h;  // 2^(stages left)
+      if (left >= 8) {
+        hadamard_pass<Vec, 3>(v, n, h, first);
+        h *= 8;
+      } else if (left == 4) {
+        hadamard_pass<Vec, 2>(v, n, h, first);
+        h *= 4;
+      } else if (left == 2) {
+        hadamard_pass<Vec, 1>(v, n, h, first);
+        h *= 2;
+      } else {
+        hadamard_pass<Vec, 0>(v, n, h, first);
+      }
+      first = false;
+    }
+    return;
+  }
+  torch_quant::hadamard_stages(v, n, 1, block);
+}
+
+void hadamard(float* v, int64_t n, int64_t block) { hadamard_impl<V>(v, n, block); }
+
 // Explicit instantiations: every (input, code) and (code, output) pair the ops use.
 #define TQ_INSTANTIATE_IN(In)                                                         \
   template void minmax<In>(const In*, int64_t, float*, float*);                       \

@@ -88,6 +88,24 @@ struct Vec256 {
   // a * b + c, rounded once.
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  // One Hadamard butterfly stage of stride s (1, 2 or 4) inside the vector:
+  // lane j pairs with lane j ^ s (p); the lower lane gets a + c = x + p, the
+  // upper a - c = p - x. Both are fma(x, +-1, p): x * +-1 is exact, so the
+  // one rounding is that of the sum or difference, as in the scalar code.
+  static F butterfly(F x, int s) {
+    switch (s) {
+      case 1:
+        return _mm256_fmadd_ps(x, _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1),
+                               _mm256_permute_ps(x, 0xB1));
+      case 2:
+        return _mm256_fmadd_ps(x, _mm256_setr_ps(1, 1, -1, -1, 1, 1, -1, -1),
+                               _mm256_permute_ps(x, 0x4E));
+      default:
+        return _mm256_fmadd_ps(x, _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1),
+                               _mm256_permute2f128_ps(x, x, 0x01));
+    }
+  }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F min(F a, F b) { return _mm256_min_ps(a, b); }
   static F max(F a, F b) { return _mm256_max_ps(a, b); }

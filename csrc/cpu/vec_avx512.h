@@ -78,6 +78,23 @@ struct Vec512 {
   // a * b + c, rounded once.
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  // One Hadamard butterfly stage of stride s (1, 2, 4 or 8) inside the vector:
+  // lane j pairs with lane j ^ s (p); the lower lane gets a + c = x + p, the
+  // upper a - c = p - x. Both are fma(x, +-1, p): x * +-1 is exact, so the
+  // one rounding is that of the sum or difference, as in the scalar code.
+  static F butterfly(F x, int s) {
+    switch (s) {
+      case 1: return _mm512_fmadd_ps(x, sign_pattern(0xAAAA), _mm512_permute_ps(x, 0xB1));
+      case 2: return _mm512_fmadd_ps(x, sign_pattern(0xCCCC), _mm512_permute_ps(x, 0x4E));
+      case 4: return _mm512_fmadd_ps(x, sign_pattern(0xF0F0), _mm512_shuffle_f32x4(x, x, 0xB1));
+      default: return _mm512_fmadd_ps(x, sign_pattern(0xFF00), _mm512_shuffle_f32x4(x, x, 0x4E));
+    }
+  }
+  // -1 in the lanes of `upper`, +1 elsewhere.
+  static F sign_pattern(__mmask16 upper) {
+    return _mm512_mask_blend_ps(upper, _mm512_set1_ps(1.0f), _mm512_set1_ps(-1.0f));
+  }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F min(F a, F b) { return _mm512_min_ps(a, b); }
   static F max(F a, F b) { return _mm512_max_ps(a, b); }

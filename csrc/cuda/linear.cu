@@ -50,6 +50,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const cha
 
 namespace {
 
+// x (float, [*, K]) times smooth (when defined), then quant_math.h's
+// hadamard_rows on every row, as float32 tensor operations: stage h pairs
+// element j with j + h inside each run of 2h, exactly as the loop does.
+at::Tensor hadamard_rotated(const at::Tensor& x, const at::Tensor& smooth, int64_t block) {
+  const int64_t K = x.size(-1);
+  at::Tensor v = x.to(at::kFloat);
+  if (smooth.defined()) v = v * smooth;
+  v = v.reshape({-1, K});
+  for (int64_t h = 1; h < block; h *= 2) {
+    const at::Tensor pairs = v.reshape({v.size(0), K / (2 * h), 2, h});
+    const at::Tensor a = pairs.select(2, 0), c = pairs.select(2, 1);
+    v = at::stack({a + c, a - c}, 2).reshape({-1, K});
+  }
+  return v.reshape(x.sizes());
+}
+
 // Everything the epilogue reads besides the int32 dot product.
 struct Epilogue {
   const float* x_scale;  // 1 or M values (per_row)
@@ -302,18 +318,23 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
                                          const std::optional<at::Tensor>& bias,
                                          const std::optional<at::Tensor>& w_sum,
                                          std::string_view act_mode,
-                                         const std::optional<at::Tensor>& smooth) {
+                                         const std::optional<at::Tensor>& smooth,
+                                         int64_t hadamard_block) {
   constexpr const char* op = "torch_quant.dynamic_quantized_linear";
   const DynamicLinearArgs args = check_dynamic_quantized_linear_args(
-      op, x_in, w_q, w_scale, bias, w_sum, act_mode, smooth, ValueCheck::Once);
+      op, x_in, w_q, w_scale, bias, w_sum, act_mode, smooth, hadamard_block, ValueCheck::Once);
   check_plain_weight(op, w_q);
   const Mode mode = args.mode;
   const c10::cuda::CUDAGuard guard(x_in.device());
   // Two kernels: the per-token one writes int8 codes (asymmetric ones as
   // u - 128, so no flip pass is needed) and each row's scale and zero point;
   // the GEMM reads them with the epilogue fused (on our kernel's path).
-  const auto [q, scale, zp] = quantize_per_token_impl(op, x_in, mode, 8, /*int8_codes=*/true,
-                                                   args.smooth.defined() ? &args.smooth : nullptr);
+  // With hadamard_block, the rows are smoothed and rotated first by tensor
+  // operations in the order of quant_math.h's hadamard_rows (same bits).
+  const bool rotate = hadamard_block > 0 && x_in.numel() > 0;
+  const at::Tensor x_rot = rotate ? hadamard_rotated(x_in, args.smooth, hadamard_block) : x_in;
+  const at::Tensor* sm = !rotate && args.smooth.defined() ? &args.smooth : nullptr;
+  const auto [q, scale, zp] = quantize_per_token_impl(op, x_rot, mode, 8, /*int8_codes=*/true, sm);
   // Symmetric rows have zero point 0: w_sum is only needed for asymmetric.
   return linear(q, scale.reshape({-1}), zp.reshape({-1}), mode == Mode::Asymmetric,
                 w_q.contiguous(), w_sum, w_scale.to(at::kFloat).contiguous(), bias,
