@@ -484,7 +484,8 @@ def test_auto_relu_mlp(gen, granularity):
         for mode in MODES:
             assert theirs[mode] == pytest.approx(mine[mode], rel=1e-3), (name, mode)
         expected = "asymmetric" if theirs["asymmetric"] < theirs["symmetric"] else "symmetric"
-        assert q[name].act_mode == expected, (name, theirs)
+        chosen = q[name].stats["auto_model_error"]["chosen"]
+        assert q[name].act_mode == (expected if chosen == "per_layer" else chosen), (name, theirs)
     # after ReLU the inputs are one-sided: asymmetric, by a clear margin
     for name in ("2", "4"):
         err = q[name].stats["auto_output_mse"]
@@ -507,7 +508,9 @@ def test_auto_takes_the_mode_with_the_smaller_output_error(gen, factory, granula
     for name, q in quantized(model).items():
         err = q.stats["auto_output_mse"]
         assert set(err) == set(MODES) and all(v > 0 for v in err.values())
-        assert q.act_mode == min(MODES, key=lambda m: (err[m], m != "symmetric")), (name, err)
+        chosen = q.stats["auto_model_error"]["chosen"]
+        per_layer = min(MODES, key=lambda m: (err[m], m != "symmetric"))
+        assert q.act_mode == (per_layer if chosen == "per_layer" else chosen), (name, err)
         y = factory().get_submodule(name)(inputs[name])
         for m in MODES:
             y_m = fixed[m].get_submodule(name)(inputs[name])
@@ -516,6 +519,40 @@ def test_auto_takes_the_mode_with_the_smaller_output_error(gen, factory, granula
         assert tq.quantize_model(factory(), "symmetric", granularity, data,
                                  smoothing=None, progress=False).get_submodule(name).stats.get(
                                      "auto_output_mse") is None
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("factory", [relu_mlp, gelu_mlp], ids=["relu", "gelu"])
+def test_auto_is_checked_against_the_fixed_modes_on_the_model_output(gen, factory, granularity):
+    """auto records the model's output error on the first calibration batch
+    with its per-layer choices and with each fixed mode, recomputed here from
+    models converted in that fixed mode; it keeps the smallest (per-layer
+    choices on a tie), and its model is then no worse than either fixed one."""
+    data = [torch.randn(40, 17, generator=gen) * 2]
+    float_model = factory().eval()
+    auto = tq.quantize_model(copy.deepcopy(float_model), "auto", granularity, data,
+                             smoothing=None, progress=False)
+    reports = tq.quantization_report(auto)
+    errors = reports[0].auto_model_error
+    assert set(errors) == {"per_layer", *MODES, "chosen"}
+    assert all(r.auto_model_error == errors for r in reports)
+    with torch.no_grad():
+        want = float_model(data[0]).double()
+
+        def model_error(m):
+            return float((m(data[0]).double() - want).pow(2).sum() / want.pow(2).sum())
+        for m in MODES:
+            fixed = tq.quantize_model(copy.deepcopy(float_model), m, granularity, data,
+                                      smoothing=None, progress=False)
+            assert errors[m] == pytest.approx(model_error(fixed), rel=1e-9), m
+        assert model_error(auto) == pytest.approx(errors[errors["chosen"]], rel=1e-9)
+        assert model_error(auto) <= min(errors[m] for m in MODES)
+    best = min(errors[k] for k in ("per_layer", *MODES))
+    assert errors[errors["chosen"]] == best
+    if errors["per_layer"] == best:
+        assert errors["chosen"] == "per_layer"
+    else:
+        assert all(r.act_mode == errors["chosen"] for r in reports)
 
 
 @pytest.mark.parametrize("act_mode", [*MODES, "auto"])
@@ -980,7 +1017,10 @@ def test_report_many_layers_and_conv1d(gen):
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_compile_fullgraph_matches_eager(gen, granularity):
     x = centred(gen, 10)
-    model = tq.quantize_model(relu_mlp(), "auto", granularity, [x], smoothing=None, progress=False)
+    # the first layer symmetric, the others asymmetric (a second call converts what is left)
+    model = tq.quantize_model(relu_mlp(), "symmetric", granularity, [x], skip=["2", "4"],
+                              smoothing=None, progress=False)
+    model = tq.quantize_model(model, "asymmetric", granularity, [x], smoothing=None, progress=False)
     modes = {m.act_mode for m in quantized(model).values()}
     assert modes == set(MODES)  # both kernels in one graph
     torch._dynamo.reset()

@@ -23,7 +23,7 @@ from .nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float
                  is_conv1d, rotated_weight)
 from .smoothing import (SEARCH_ALPHAS, STATIC_MAX_ALPHA, SmoothGroup, choose_alpha,
                         choose_rotation, find_groups, fold, probe_batch, smoothing_factors)
-from .smoothing import _run  # model(batch) for a tensor, tuple/list or dict batch
+from .smoothing import _flat_outputs, _run  # model(batch) for a tensor, tuple/list or dict batch
 
 __all__ = ["quantize_model", "smooth_model"]
 
@@ -366,9 +366,17 @@ def quantize_model(
                                               n_src)
         groups = fold(model, groups, batch)
         group_of = {n: g for g in groups for n in g.members}
+    # auto: the model's output on the first calibration batch, before any
+    # layer is replaced, to check the per-layer choices against (below).
+    check_batch = first[0] if act_mode == "auto" and first else None
     first.clear()
+    reference_out = None
+    if check_batch is not None:
+        with torch.no_grad():
+            reference_out = _flat_outputs(_run(model, check_batch))
 
     converted: Dict[int, QuantLinear] = {}
+    alternatives: Dict[int, Dict[str, QuantLinear]] = {}  # auto: both modes per layer
     for name, layer in layers.items():
         if id(layer) in converted:
             _set_module(model, name, converted[id(layer)])
@@ -405,24 +413,64 @@ def quantize_model(
             stats["auto_output_mse"] = err
             # strict: equal errors (e.g. all-zero inputs) keep the zero point out
             mode = "asymmetric" if err["asymmetric"] < err["symmetric"] else "symmetric"
-        q, scale, zp = candidates[mode]
-        del candidates
         w = float_weight_and_bias(layer)[0].detach().float()
         if smooth_arg is not None:
             w = w * smooth_arg
         if block:
             w = rotated_weight(w, block)
-        stats["weight_sqnr_db"] = sqnr_db(w, q.dequantized_weight())
-        if rows is not None:
-            stats["act_range_utilization"] = act_range_utilization(rows, obs, mode,
-                                                                   act_granularity, scale)
-            stats["act_sqnr_db"] = sqnr_db(rows, fake_quantize(rows, mode, act_granularity, scale, zp))
-            stats["calibration_rows"] = obs.seen
-        q.stats = stats
-        q.train(layer.training)
+        for m, (q, scale, zp) in candidates.items():
+            q.stats = dict(stats, weight_sqnr_db=sqnr_db(w, q.dequantized_weight()))
+            if rows is not None:
+                q.stats["act_range_utilization"] = act_range_utilization(rows, obs, m,
+                                                                         act_granularity, scale)
+                q.stats["act_sqnr_db"] = sqnr_db(rows, fake_quantize(rows, m, act_granularity,
+                                                                     scale, zp))
+                q.stats["calibration_rows"] = obs.seen
+            q.train(layer.training)
+        if act_mode == "auto":
+            alternatives[id(layer)] = {m: c[0] for m, c in candidates.items()}
+        q = candidates[mode][0]
+        del candidates
         converted[id(layer)] = q
         _set_module(model, name, q)
+    if alternatives and reference_out is not None:
+        _check_auto(model, layers, alternatives, converted, check_batch, reference_out)
     return model
+
+
+def _model_error(model: nn.Module, batch, reference_out: List[Tensor]) -> float:
+    """Squared error of the model's outputs on ``batch`` over the reference's power."""
+    with torch.no_grad():
+        out = _flat_outputs(_run(model, batch))
+    err = sum(float((o.double() - r.double()).pow(2).sum()) for o, r in zip(out, reference_out))
+    power = sum(float(r.double().pow(2).sum()) for r in reference_out)
+    return err / power if power > 0 else err
+
+
+def _check_auto(model: nn.Module, layers: Dict[str, nn.Module],
+                alternatives: Dict[int, Dict[str, QuantLinear]], converted: Dict[int, QuantLinear],
+                batch, reference_out: List[Tensor]) -> None:
+    """auto's per-layer choices against every layer in one fixed mode, on the
+    model's output for the first calibration batch: layer by layer errors add
+    up differently through a model, and auto must not end worse than the
+    better fixed mode. The per-layer choices stay unless a fixed mode is
+    strictly better; every layer's report records the three errors."""
+    per_layer = {i: q.act_mode for i, q in converted.items()}
+    picks = {"per_layer": per_layer, **{m: {i: m for i in alternatives} for m in ACT_MODES}}
+
+    def apply(pick):
+        for name, layer in layers.items():
+            _set_module(model, name, alternatives[id(layer)][pick[id(layer)]])
+
+    errors = {}
+    for label, pick in picks.items():
+        apply(pick)
+        errors[label] = _model_error(model, batch, reference_out)
+    best = min(errors, key=lambda k: (errors[k], k != "per_layer"))
+    apply(picks[best])
+    for i, qs in alternatives.items():
+        converted[i] = qs[picks[best][i]]
+        converted[i].stats["auto_model_error"] = dict(errors, chosen=best)
 
 
 def smooth_model(model: nn.Module, calibration_data: Iterable, alpha: float = 0.5,

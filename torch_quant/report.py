@@ -39,6 +39,11 @@ class LayerReport:
     #: calibration inputs, per mode ({"symmetric": ..., "asymmetric": ...}); it took
     #: the smaller (a tie: symmetric). None for a fixed mode.
     auto_output_mse: Optional[dict] = None
+    #: act_mode="auto": the model's output error on the first calibration batch
+    #: (squared error over power) with the per-layer choices ("per_layer") and with
+    #: every layer "symmetric" or "asymmetric", and which was kept ("chosen": a fixed
+    #: mode only when strictly better). None for a fixed mode.
+    auto_model_error: Optional[dict] = None
     #: activation smoothing: {"kind": "norm" | "linear" | "input", "source": the
     #: norm or previous layer the factors were folded into (None for "input":
     #: applied in the quantize step), "alpha": None when not smoothed,
@@ -64,7 +69,8 @@ def quantization_report(model: nn.Module) -> List[LayerReport]:
             weight_bytes_before=stats.get("float_weight_bytes"), weight_bytes_after=after,
             act_range_utilization=stats.get("act_range_utilization"),
             weight_sqnr_db=stats.get("weight_sqnr_db"), act_sqnr_db=stats.get("act_sqnr_db"),
-            auto_output_mse=stats.get("auto_output_mse"), smoothing=stats.get("smoothing"),
+            auto_output_mse=stats.get("auto_output_mse"),
+            auto_model_error=stats.get("auto_model_error"), smoothing=stats.get("smoothing"),
         ))
     return out
 
