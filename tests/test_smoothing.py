@@ -338,11 +338,35 @@ def test_search_rotates_inputs_whose_outliers_roam(gen, mode, tmp_path):
         fresh = tq.load(copy.deepcopy(m), path)
         assert fresh.fc1.hadamard_block == 64
         assert torch.equal(fresh(x), q(x))
-    # a fixed alpha is smoothing only; per-tensor activations never rotate
+    # a fixed alpha is smoothing only
     fixed = tq.quantize_model(copy.deepcopy(m), "symmetric", calibration_data=calib,
                               smoothing=0.5, progress=False)
-    static = tq.quantize_model(copy.deepcopy(m), "symmetric", "per_tensor", calib, progress=False)
-    assert fixed.fc1.hadamard_block == 0 and static.fc1.hadamard_block == 0
+    assert fixed.fc1.hadamard_block == 0
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "asymmetric"])
+def test_static_rotation_uses_the_rotated_inputs_range(gen, mode):
+    """Per tensor, a rotated layer's calibrated range is the exact min and
+    max of its rotated calibration inputs (all of them, not the sample), and
+    the layer quantizes the rotated input with it."""
+    torch.manual_seed(0)
+    m = TwoLayers().eval()
+    calib = [roaming_outliers(gen, rows=300) for _ in range(2)]
+    q = tq.quantize_model(copy.deepcopy(m), mode, "per_tensor", calib, progress=False)
+    assert q.fc1.hadamard_block == 64
+    x_all = torch.cat(calib)
+    rotated = tq.reference.hadamard_rows(x_all, 64)
+    assert q.fc1.stats["calibrated_range"] == (float(rotated.min()), float(rotated.max()))
+    x = roaming_outliers(gen)
+    with torch.no_grad():
+        x_q = tq.quantize(tq.reference.hadamard_rows(x, 64), q.fc1.input_scale,
+                          q.fc1.input_zero_point, mode)
+        want = tq.quantized_linear(x_q, q.fc1.input_scale, q.fc1.input_zero_point,
+                                   q.fc1.plain_weight(), q.fc1.weight_scale, q.fc1.bias)
+        assert_same(q.fc1(x), want, "static rotation")
+        plain = tq.quantize_model(copy.deepcopy(m), mode, "per_tensor", calib, smoothing=None,
+                                  progress=False)
+        assert rel_err(q.fc1(x), m.fc1(x)) < 0.75 * rel_err(plain.fc1(x), m.fc1(x))
 
 
 def test_hadamard_layer_arguments():
@@ -352,8 +376,6 @@ def test_hadamard_layer_arguments():
             QuantLinear.from_float(lin, "symmetric", hadamard_block=bad)
     with pytest.raises(TypeError, match="hadamard_block"):
         QuantLinear.from_float(lin, "symmetric", hadamard_block=8.0)
-    with pytest.raises(ValueError, match="per_token"):
-        QuantLinear(24, 5, act_granularity="per_tensor", hadamard_block=8)
     q = QuantLinear.from_float(lin, "asymmetric", hadamard_block=8)
     x = torch.randn(7, 24)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from . import ops, reference
 from .nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float_weight_and_bias,
-                 is_conv1d, rotated_weight)
+                 is_conv1d, largest_hadamard_block, rotated_weight)
 from .smoothing import (SEARCH_ALPHAS, STATIC_MAX_ALPHA, SmoothGroup, choose_alpha,
                         choose_rotation, find_groups, fold, probe_batch, smoothing_factors)
 from .smoothing import _flat_outputs, _run  # model(batch) for a tensor, tuple/list or dict batch
@@ -40,10 +40,15 @@ SAMPLE_ROWS = 256  # input rows (tokens) kept per layer for statistics
 class _Observer:
     """Statistics of one layer's inputs during calibration."""
 
-    def __init__(self, name: str, generator: torch.Generator) -> None:
+    def __init__(self, name: str, generator: torch.Generator, rotate: int = 0) -> None:
         self.name = name
         self.lo = math.inf
         self.hi = -math.inf
+        # with rotate = b > 0, also the range of the inputs rotated by the
+        # b-block Hadamard transform (static per-tensor rotation needs it)
+        self.rotate = rotate
+        self.rot_lo = math.inf
+        self.rot_hi = -math.inf
         self.rows: Optional[Tensor] = None  # [<= SAMPLE_ROWS, K] float32 sample
         self.seen = 0  # rows seen so far (reservoir sampling)
         self.gen = generator
@@ -78,6 +83,10 @@ class _Observer:
         self.ch_hi = ch_hi if self.ch_hi is None else torch.maximum(self.ch_hi, ch_hi)
         self.lo = min(self.lo, float(ch_lo.min()))
         self.hi = max(self.hi, float(ch_hi.max()))
+        if self.rotate:
+            r_lo, r_hi = torch.aminmax(reference.hadamard_rows(rows, self.rotate))
+            self.rot_lo = min(self.rot_lo, float(r_lo))
+            self.rot_hi = max(self.rot_hi, float(r_hi))
         # Reservoir sampling of rows, so that every row seen is about equally
         # likely to be kept whatever the batch sizes: row i of this batch
         # replaces a random slot with probability SAMPLE_ROWS / (rows seen + 1).
@@ -157,12 +166,15 @@ def _progress(data, enabled: bool):
 
 
 def calibrate(model: nn.Module, layers: Dict[str, nn.Module], data: Iterable,
-              progress: bool = True, seed: int = 0, first: Optional[list] = None
-              ) -> Dict[str, _Observer]:
+              progress: bool = True, seed: int = 0, first: Optional[list] = None,
+              rotated_ranges: bool = False) -> Dict[str, _Observer]:
     """Runs ``model`` over ``data`` and returns each layer's observer; the
-    first batch is appended to ``first`` when given (data may be one-shot)."""
+    first batch is appended to ``first`` when given (data may be one-shot).
+    ``rotated_ranges``: observers also record the range of Hadamard-rotated
+    inputs (block: largest_hadamard_block of the layer's input width)."""
     gen = torch.Generator().manual_seed(seed)
-    observers = {name: _Observer(name, gen) for name in layers}
+    observers = {name: _Observer(name, gen, largest_hadamard_block(_in_features(m))
+                                 if rotated_ranges else 0) for name, m in layers.items()}
     handles = [m.register_forward_pre_hook(observers[name]) for name, m in layers.items()]
     try:
         with torch.no_grad():
@@ -188,6 +200,20 @@ def _range(obs: _Observer, percentile: Optional[float]):
     q = torch.tensor([1.0 - percentile / 100.0, percentile / 100.0])
     lo, hi = torch.quantile(obs.rows.flatten(), q).tolist()
     return max(lo, obs.lo), min(hi, obs.hi)
+
+
+def _rotated_range(obs: _Observer, rotated_rows: Tensor, percentile: Optional[float]):
+    """_range for a layer that rotates its input: calibration's range of the
+    rotated inputs (a percentile of the rotated sample, when given)."""
+    if percentile is None:
+        return obs.rot_lo, obs.rot_hi
+    q = torch.tensor([1.0 - percentile / 100.0, percentile / 100.0])
+    lo, hi = torch.quantile(rotated_rows.flatten(), q).tolist()
+    return max(lo, obs.rot_lo), min(hi, obs.rot_hi)
+
+
+def _in_features(layer: nn.Module) -> int:
+    return float_weight_and_bias(layer)[0].shape[1]
 
 
 def static_qparams(lo: float, hi: float, mode: str):
@@ -340,7 +366,9 @@ def quantize_model(
     unique = _unique(layers)
     _warn_tied(model, unique)
     first: list = []
-    observers = (calibrate(model, unique, calibration_data, progress, first=first)
+    observers = (calibrate(model, unique, calibration_data, progress, first=first,
+                           rotated_ranges=alphas is not None and len(alphas) > 1
+                           and act_granularity == "per_tensor")
                  if calibration_data is not None else {})
     modes = ACT_MODES if act_mode == "auto" else (act_mode,)
     # Smoothing: the groups (and for folded ones, the model's float weights)
@@ -358,7 +386,7 @@ def quantize_model(
                                          modes, act_granularity, alphas, g.channel_map, n_src)
             if len(alphas) > 1:  # searched: a rotation is one more candidate
                 g.hadamard_block = choose_rotation(obs.rows, weights, modes, act_granularity,
-                                                   errs)
+                                                   errs, (obs.rot_lo, obs.rot_hi))
                 if g.hadamard_block:
                     g.alpha = None
             if g.alpha is not None:
@@ -397,7 +425,7 @@ def quantize_model(
         if group is not None:
             stats["smoothing"] = group.describe()
         if act_granularity == "per_tensor":
-            lo, hi = _range(obs, percentile)
+            lo, hi = _range(obs, percentile) if not block else _rotated_range(raw, rows, percentile)
             stats["calibrated_range"] = (lo, hi)
         candidates = {}
         for m in modes:

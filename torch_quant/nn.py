@@ -27,8 +27,8 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _DYNAMIC_LINEAR = torch.ops.torch_quant.dynamic_quantized_linear.default
 
 
-def check_hadamard_block(where: str, block: object, in_features: int, granularity: str) -> None:
-    """hadamard_block: 0, or a power of two >= 2 dividing in_features, per token only."""
+def check_hadamard_block(where: str, block: object, in_features: int) -> None:
+    """hadamard_block: 0, or a power of two >= 2 dividing in_features."""
     if isinstance(block, bool) or not isinstance(block, int):
         raise TypeError(f"{where}: hadamard_block must be an int, got {type(block).__name__}")
     if block == 0:
@@ -36,9 +36,6 @@ def check_hadamard_block(where: str, block: object, in_features: int, granularit
     if block < 2 or block & (block - 1) or in_features % block:
         raise ValueError(f"{where}: hadamard_block must be 0 or a power of two >= 2 that "
                          f"divides in_features = {in_features}, got {block}")
-    if granularity != "per_token":
-        raise ValueError(f"{where}: hadamard_block needs act_granularity='per_token' (the "
-                         f"rotation happens inside the fused per-token op), got {granularity!r}")
 
 
 def rotated_weight(w: Tensor, block: int) -> Tensor:
@@ -77,11 +74,12 @@ class QuantLinear(nn.Module):
     ``smooth=True`` ``input_smooth`` float32 ``[in]``: the input is multiplied
     by it before it is quantized (activation smoothing whose factors could
     not be folded into an earlier layer; the weight's columns hold the
-    inverse factors). ``hadamard_block`` b > 0 (per token only): each run of b
-    input channels is multiplied by the b x b Hadamard matrix before it is
-    quantized (inside the fused op), which spreads a few outlier channels over
-    the run; the weight holds ``W H / b`` per run, so the product is unchanged
-    up to rounding.
+    inverse factors). ``hadamard_block`` b > 0: each run of b input channels
+    is multiplied by the b x b Hadamard matrix before it is quantized (inside
+    the fused op per token; by tensor operations before ``quantize`` per
+    tensor, where ``input_scale`` is the rotated input's), which spreads a few
+    outlier channels over the run; the weight holds ``W H / b`` per run, so
+    the product is unchanged up to rounding.
 
     Input: ``[*, in_features]`` in float32, float16 or bfloat16; the output has
     the input's dtype. Build one with :meth:`from_float`.
@@ -94,7 +92,7 @@ class QuantLinear(nn.Module):
         super().__init__()
         check_setting("QuantLinear", "act_mode", act_mode, ACT_MODES)
         check_setting("QuantLinear", "act_granularity", act_granularity, ACT_GRANULARITIES)
-        check_hadamard_block("QuantLinear", hadamard_block, in_features, act_granularity)
+        check_hadamard_block("QuantLinear", hadamard_block, in_features)
         self.hadamard_block = int(hadamard_block)
         self.in_features = int(in_features)
         self.out_features = int(out_features)
@@ -133,14 +131,12 @@ class QuantLinear(nn.Module):
         before they are quantized and the input is multiplied by ``1 / s``
         (the ``input_smooth`` buffer) before it is.
 
-        ``hadamard_block`` b (per token only; 0 = none, else a power of two
-        dividing ``in``): the input is rotated by the b x b Hadamard matrix H
+        ``hadamard_block`` b (0 = none, else a power of two dividing ``in``): the input is rotated by the b x b Hadamard matrix H
         run by run inside the op, and the weight (after smoothing) is
         replaced by ``W H / b`` before it is quantized (in float64)."""
         weight, bias = float_weight_and_bias(linear)
         out_features, in_features = weight.shape
-        check_hadamard_block("QuantLinear.from_float", hadamard_block, in_features,
-                             act_granularity)
+        check_hadamard_block("QuantLinear.from_float", hadamard_block, in_features)
         if smooth is not None:
             smooth = torch.as_tensor(smooth, dtype=torch.float32, device=weight.device)
             if smooth.shape != (in_features,) or not (torch.isfinite(smooth).all()
@@ -191,6 +187,8 @@ class QuantLinear(nn.Module):
         dtype = x.dtype
         if smooth is not None:  # as the fused op does it: x.float() * smooth, in float32
             x = x.float() * smooth
+        if self.hadamard_block:  # likewise, then the rotation (in Python here)
+            x = reference.hadamard_rows(x.float(), self.hadamard_block)
         x_q = ops.quantize(x, b["input_scale"], b["input_zero_point"], self.act_mode)
         return ops.quantized_linear(x_q, b["input_scale"], b["input_zero_point"], w,
                                     b["weight_scale"], b["bias"], w_sum, out_dtype=dtype)

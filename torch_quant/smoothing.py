@@ -336,9 +336,9 @@ def layer_errors(rows: Tensor, weights: Sequence[Tensor], s: Optional[Tensor], m
                  hadamard_block: int = 0) -> Dict[str, List[float]]:
     """Per mode, per weight: the output error of the quantized layer on
     ``rows`` (squared error over the float output's power), inputs divided
-    by s (None: not smoothed) or rotated (``hadamard_block``, per token
-    only). The per-tensor range is calibration's per-channel range divided
-    by s."""
+    by s (None: not smoothed) or rotated (``hadamard_block``). The
+    per-tensor range is calibration's per-channel range divided by s (for
+    rotated inputs: pass the rotated range as every channel's)."""
     x = rows if s is None else rows / s
     if hadamard_block:
         x = reference.hadamard_rows(x, hadamard_block)
@@ -360,15 +360,18 @@ def layer_errors(rows: Tensor, weights: Sequence[Tensor], s: Optional[Tensor], m
 
 
 def choose_rotation(rows: Tensor, weights: Sequence[Tensor], modes: Sequence[str],
-                    granularity: str, best_errors: Dict[str, List[float]]) -> int:
+                    granularity: str, best_errors: Dict[str, List[float]],
+                    rotated_range: Tuple[float, float] = (0.0, 0.0)) -> int:
     """The Hadamard block for these layers (the largest power of two up to
     2048 dividing K) when rotating their inputs gives a smaller summed layer
-    output error than ``best_errors`` (the chosen alpha's), else 0."""
+    output error than ``best_errors`` (the chosen alpha's), else 0.
+    ``rotated_range``: per tensor, calibration's range of the rotated inputs."""
     block = largest_hadamard_block(rows.shape[-1])
-    if not block or granularity != "per_token":
+    if not block or (granularity == "per_tensor" and not math.isfinite(rotated_range[0])):
         return 0
-    z = rows.new_zeros(rows.shape[-1])
-    rot = layer_errors(rows, weights, None, modes, granularity, z, z, hadamard_block=block)
+    lo = rows.new_full((rows.shape[-1],), rotated_range[0])
+    hi = rows.new_full((rows.shape[-1],), rotated_range[1])
+    rot = layer_errors(rows, weights, None, modes, granularity, lo, hi, hadamard_block=block)
 
     def total(errs):
         return sum(min(errs[m][i] for m in modes) for i in range(len(weights)))
