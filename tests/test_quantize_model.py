@@ -652,7 +652,67 @@ def test_bad_arguments(gen):
         tq.quantize_model({"a": nn.Linear(2, 2)})
     with pytest.raises(TypeError, match=r"quantize_model.*skip"):
         tq.quantize_model(model, skip=["0", 2])
+    with pytest.raises(TypeError, match=r"quantize_model: skip must be .*got int"):
+        tq.quantize_model(model, skip=5)
     assert not quantized(model)
+
+
+class Block3(nn.Module):
+    def __init__(self, k=12):
+        super().__init__()
+        self.block = nn.Module()
+        self.block.fc1 = nn.Linear(k, k)
+        self.block.fc2 = nn.Linear(k, k)
+        self.block.fc3 = nn.Linear(k, k)
+
+    def forward(self, x):
+        b = self.block
+        return b.fc3(torch.relu(b.fc2(torch.relu(b.fc1(x)))))
+
+
+def _unconvertible(kind):
+    m = Block3()
+    with torch.no_grad():
+        if kind == "nan_weight":
+            m.block.fc2.weight[3, 4] = float("nan")
+        elif kind == "inf_bias":
+            m.block.fc2.bias[0] = float("inf")
+        elif kind == "float64":
+            m.block.fc2.double()
+        elif kind == "wide":
+            m.block.fc2 = nn.Linear(65_800, 12)
+        elif kind == "meta":
+            m.block.fc2.to("meta")
+    return m
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("kind,message", [
+    ("nan_weight", "weight of layer 'block.fc2' holds NaN"),
+    ("inf_bias", "bias of layer 'block.fc2' holds NaN or inf"),
+    ("float64", "layer 'block.fc2' is torch.float64"),
+    ("wide", "layer 'block.fc2' has 65800 input features"),
+    ("meta", "layer 'block.fc2' has its weights on the meta device"),
+])
+def test_unconvertible_layer_leaves_the_model_as_it_was(gen, kind, message, granularity):
+    """Every layer is checked before the model is touched: the error names
+    the layer, and no layer is replaced or changed (calibration, smoothing's
+    folds and the swap all come after)."""
+    model = _unconvertible(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items() if v.device.type != "meta"}
+    data = [torch.randn(8, 12, generator=gen)] if granularity == "per_tensor" else None
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tq.quantize_model(model, "symmetric", granularity, data, progress=False)
+    assert not quantized(model)
+    assert all(type(m) is nn.Linear for m in (model.block.fc1, model.block.fc2, model.block.fc3))
+    after = {k: v for k, v in model.state_dict().items() if v.device.type != "meta"}
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]) or (v.isnan() == after[k].isnan()).all(), k
+    # skipping the layer converts the rest (per token: no calibration pass through it)
+    if kind != "wide" and granularity == "per_token":
+        tq.quantize_model(model, "symmetric", granularity, data, skip="block.fc2", progress=False)
+        assert sorted(quantized(model)) == ["block.fc1", "block.fc3"]
 
 
 class TwoInputs(nn.Module):

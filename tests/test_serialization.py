@@ -182,9 +182,29 @@ def test_damaged_metadata(tmp_path):
         meta = dict(f.metadata())
     model = mlp(2)
     snap = snapshot(model)
-    for damage in ({"layers": "{not json"},
-                   {"layers": json.dumps({"0": {"act_mode": "sideways"}})},
-                   {"aliases": json.dumps({"x.weight": "nowhere"})}):
+    layers = json.loads(meta["layers"])
+    name, good_settings = next(iter(layers.items()))
+
+    def with_layer(**change):
+        settings = {k: v for k, v in good_settings.items() if change.get(k, 0) is not None}
+        settings.update({k: v for k, v in change.items() if v is not None})
+        return {"layers": json.dumps({**layers, name: settings})}
+    damages = [
+        {"layers": "{not json"},
+        {"layers": json.dumps({"0": {"act_mode": "sideways"}})},
+        {"aliases": json.dumps({"x.weight": "nowhere"})},
+        # malformed shapes of the metadata itself
+        *({"layers": json.dumps(v)} for v in ([1, 2], 7, "layers", None)),
+        *({"aliases": json.dumps(v)} for v in ([1], 3, {"a": 1})),
+        {"layers": json.dumps({name: [1, 2]})},
+        # a layer entry missing a key a float target needs, or with a wrong type
+        *(with_layer(**{k: None}) for k in ("in_features", "out_features", "bias",
+                                            "act_mode", "act_granularity")),
+        with_layer(in_features="17"), with_layer(bias=1), with_layer(out_features=True),
+        with_layer(in_features=-1), with_layer(colour="blue"),
+        with_layer(hadamard_block=3), with_layer(smooth="yes"),
+    ]
+    for damage in damages:
         bad = tmp_path / "meta.safetensors"
         safetensors_torch.save_file(tensors, str(bad), metadata={**meta, **damage})
         with pytest.raises(ValueError, match="tq.load: .*damaged metadata"):

@@ -212,6 +212,32 @@ def _rotated_range(obs: _Observer, rotated_rows: Tensor, percentile: Optional[fl
     return max(lo, obs.rot_lo), min(hi, obs.rot_hi)
 
 
+_LAYER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MAX_K = (2**31 - 1) // (255 * 128)  # the ops' exact-int32 limit (csrc/checks.h)
+
+
+def check_convertible(where: str, name: str, layer: nn.Module) -> None:
+    """ValueError naming the layer unless it can become a QuantLinear that
+    runs: weights on a CPU or CUDA device (not meta), float32/16/bf16, finite,
+    and an input width within the exact int32 limit."""
+    weight, bias = float_weight_and_bias(layer)
+    params = [t for t in (weight, bias) if t is not None]
+    for t in params:
+        if t.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{where}: layer {name!r} has its weights on the {t.device.type} "
+                             f"device; load or move them to CPU or CUDA first")
+        if t.dtype not in _LAYER_DTYPES:
+            raise ValueError(f"{where}: layer {name!r} is {t.dtype}; the ops take float32, "
+                             f"float16 or bfloat16 (convert the model first, e.g. model.float())")
+    if weight.shape[1] > _MAX_K:
+        raise ValueError(f"{where}: layer {name!r} has {weight.shape[1]} input features, more "
+                         f"than {_MAX_K}, the largest whose int32 accumulation is exact; pass "
+                         f"skip={name!r} to keep it in float")
+    for label, t in (("weight", weight), ("bias", bias)):
+        if t is not None and not bool(torch.isfinite(t.detach()).all()):
+            raise ValueError(f"{where}: the {label} of layer {name!r} holds NaN or inf")
+
+
 def _in_features(layer: nn.Module) -> int:
     return float_weight_and_bias(layer)[0].shape[1]
 
@@ -325,9 +351,14 @@ def quantize_model(
     elif isinstance(skip, str):
         skip = (skip,)
     else:
-        skip = tuple(skip)
+        try:
+            skip = tuple(skip)
+        except TypeError:
+            raise TypeError(f"{where}: skip must be a string or a sequence of strings, got "
+                            f"{type(skip).__name__}") from None
         if not all(isinstance(s, str) for s in skip):
-            raise TypeError(f"{where}: skip must be a string or a sequence of strings")
+            raise TypeError(f"{where}: skip must be a string or a sequence of strings, got "
+                            f"{skip!r}")
     if percentile is not None:
         if act_granularity != "per_tensor":
             raise ValueError(f"{where}: percentile applies to act_granularity='per_tensor' "
@@ -364,6 +395,10 @@ def quantize_model(
     layers = _targets(model, skip)
     # One observer and one QuantLinear per module object, whatever its names.
     unique = _unique(layers)
+    # Every layer is checked before anything (calibration, folding, the swap)
+    # touches the model: an error leaves it exactly as it was.
+    for name, layer in unique.items():
+        check_convertible(where, name, layer)
     _warn_tied(model, unique)
     first: list = []
     observers = (calibrate(model, unique, calibration_data, progress, first=first,

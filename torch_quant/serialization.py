@@ -85,6 +85,41 @@ def save(model: nn.Module, path: PathLike) -> None:
         raise
 
 
+def _check_metadata(layers: object, aliases: object) -> None:
+    """ValueError unless the metadata has the shape save() writes: layers a
+    dict of name -> settings (each with its keys and value types), aliases a
+    dict of str -> str."""
+    if not isinstance(layers, dict):
+        raise ValueError(f"'layers' must be a JSON object, got {type(layers).__name__}")
+    if not isinstance(aliases, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise ValueError("'aliases' must be a JSON object of names")
+    required = {"act_mode": str, "act_granularity": str, "in_features": int,
+                "out_features": int, "bias": bool}
+    optional = {"smooth": bool, "hadamard_block": int}
+    for name, s in layers.items():
+        if not isinstance(s, dict):
+            raise ValueError(f"layer {name!r}: settings must be a JSON object, got {s!r}")
+        for key, kind in required.items():
+            if key not in s:
+                raise ValueError(f"layer {name!r}: settings lack {key!r}")
+        for key, value in s.items():
+            kind = required.get(key, optional.get(key))
+            if kind is None:
+                raise ValueError(f"layer {name!r}: unknown setting {key!r}")
+            # bool is an int in Python: an int setting must not be a bool
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"layer {name!r}: {key} must be a {kind.__name__}, got {value!r}")
+        if s["act_mode"] not in ACT_MODES or s["act_granularity"] not in ACT_GRANULARITIES:
+            raise ValueError(f"unknown settings for layer {name!r}: {s}")
+        if s["in_features"] < 0 or s["out_features"] < 0:
+            raise ValueError(f"layer {name!r}: negative feature count in {s}")
+        block = s.get("hadamard_block", 0)
+        if block and (block < 2 or block & (block - 1) or s["in_features"] % block):
+            raise ValueError(f"layer {name!r}: hadamard_block {block} is not a power of two "
+                             f">= 2 dividing in_features")
+
+
 def _read(path: str):
     """(metadata, tensors) of a torch_quant file, or ValueError."""
     from safetensors import safe_open
@@ -106,9 +141,7 @@ def _read(path: str):
     try:
         layers = json.loads(metadata["layers"])
         aliases = json.loads(metadata.get("aliases", "{}"))
-        for name, s in layers.items():
-            if s["act_mode"] not in ACT_MODES or s["act_granularity"] not in ACT_GRANULARITIES:
-                raise ValueError(f"unknown settings for layer {name!r}: {s}")
+        _check_metadata(layers, aliases)
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"tq.load: {path} has damaged metadata: {e}") from None
     for key, target in aliases.items():
