@@ -193,27 +193,18 @@ def calibrate(model: nn.Module, layers: Dict[str, nn.Module], data: Iterable,
     return observers
 
 
-def _range(obs: _Observer, percentile: Optional[float]):
-    """The (lo, hi) a static per-tensor quantizer should cover."""
+def _range(lo: float, hi: float, rows: Tensor, percentile: Optional[float]):
+    """The (lo, hi) a static per-tensor quantizer should cover: calibration's
+    [lo, hi], or the given percentiles of the sampled ``rows`` within it."""
     if percentile is None:
-        return obs.lo, obs.hi
+        return lo, hi
     q = torch.tensor([1.0 - percentile / 100.0, percentile / 100.0])
-    lo, hi = torch.quantile(obs.rows.flatten(), q).tolist()
-    return max(lo, obs.lo), min(hi, obs.hi)
-
-
-def _rotated_range(obs: _Observer, rotated_rows: Tensor, percentile: Optional[float]):
-    """_range for a layer that rotates its input: calibration's range of the
-    rotated inputs (a percentile of the rotated sample, when given)."""
-    if percentile is None:
-        return obs.rot_lo, obs.rot_hi
-    q = torch.tensor([1.0 - percentile / 100.0, percentile / 100.0])
-    lo, hi = torch.quantile(rotated_rows.flatten(), q).tolist()
-    return max(lo, obs.rot_lo), min(hi, obs.rot_hi)
+    p_lo, p_hi = torch.quantile(rows.flatten(), q).tolist()
+    return max(p_lo, lo), min(p_hi, hi)
 
 
 _LAYER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_K = (2**31 - 1) // (255 * 128)  # the ops' exact-int32 limit (csrc/checks.h)
+_MAX_K = ops._MAX_LINEAR_K  # the ops' exact-int32 limit
 
 
 def check_convertible(where: str, name: str, layer: nn.Module) -> None:
@@ -460,7 +451,9 @@ def quantize_model(
         if group is not None:
             stats["smoothing"] = group.describe()
         if act_granularity == "per_tensor":
-            lo, hi = _range(obs, percentile) if not block else _rotated_range(raw, rows, percentile)
+            # (a rotated layer: calibration's range of its rotated inputs)
+            lo, hi = (_range(obs.lo, obs.hi, rows, percentile) if not block
+                      else _range(raw.rot_lo, raw.rot_hi, rows, percentile))
             stats["calibrated_range"] = (lo, hi)
         candidates = {}
         for m in modes:

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .convert import _set_module, quantized_layers
-from .nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d
+from .nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_hadamard_block,
+                 float_weight_and_bias, is_conv1d)
 
 __all__ = ["save", "load"]
 
@@ -114,10 +115,7 @@ def _check_metadata(layers: object, aliases: object) -> None:
             raise ValueError(f"unknown settings for layer {name!r}: {s}")
         if s["in_features"] < 0 or s["out_features"] < 0:
             raise ValueError(f"layer {name!r}: negative feature count in {s}")
-        block = s.get("hadamard_block", 0)
-        if block and (block < 2 or block & (block - 1) or s["in_features"] % block):
-            raise ValueError(f"layer {name!r}: hadamard_block {block} is not a power of two "
-                             f">= 2 dividing in_features")
+        check_hadamard_block(f"layer {name!r}", s.get("hadamard_block", 0), s["in_features"])
 
 
 def _read(path: str):
