@@ -95,7 +95,7 @@ TQ_HOST_DEVICE float smoothed(float x, float factor) {
 // better (README, "Accuracy").
 //
 // hadamard_stages runs the stages h_from <= h < h_to (powers of two) on n
-// values (n a multiple of 2 * the last h); hadamard_rows(v, K, b) is all of them.
+// values (n a multiple of 2 * the last h); a whole rotation is h = 1 .. b/2.
 TQ_HOST_DEVICE void hadamard_stages(float* v, int64_t n, int64_t h_from, int64_t h_to) {
   for (int64_t h = h_from; h < h_to; h *= 2) {
     for (int64_t i = 0; i < n; i += 2 * h) {
@@ -108,7 +108,6 @@ TQ_HOST_DEVICE void hadamard_stages(float* v, int64_t n, int64_t h_from, int64_t
   }
 }
 
-TQ_HOST_DEVICE void hadamard_rows(float* v, int64_t K, int64_t b) { hadamard_stages(v, K, 1, b); }
 
 // x = (float(q) - float(zero_point)) * scale, exactly this formula (no fma).
 TQ_HOST_DEVICE float dequantize_val(int q, float scale, float zero_point) {

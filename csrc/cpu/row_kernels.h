@@ -9,7 +9,7 @@
 //   quantize_pc     q[i] = quantize_val(x[i], inv_scale[i], zero_point[i])      (per element)
 //   dequantize      x[i] = dequantize_val(q[i], scale, zero_point)
 //   dequantize_pc   x[i] = dequantize_val(q[i], scale[i], zero_point[i])
-//   hadamard        quant_math.h's hadamard_rows in place (same stages, same bits)
+//   hadamard        quant_math.h's hadamard_stages in place (same stages, same bits)
 //
 // Zero points travel as float here: they are small integers, exact in float,
 // and the vector code then needs no integer/float conversions per element.

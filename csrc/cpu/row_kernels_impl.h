@@ -195,7 +195,7 @@ void dequantize_pc(const Q* q, int64_t n, const float* scale, const float* zero_
   dequantize_pc_impl<V, Q, Out>(q, n, scale, zero_point, x);
 }
 
-// The butterfly of quant_math.h's hadamard_rows, stage by stage the same
+// The butterfly of quant_math.h's hadamard_stages, stage by stage the same
 // float operations (so the same bits), with fewer passes over the row:
 // * stages h < W pair lanes of one vector: Vec::butterfly forms a + c and
 //   a - c from the vector and its lane-swapped copy;

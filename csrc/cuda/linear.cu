@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_impl(const cha
 namespace {
 
 // x (float, [*, K]) times smooth (when defined), then quant_math.h's
-// hadamard_rows on every row, as float32 tensor operations: stage h pairs
+// hadamard_stages on every row, as float32 tensor operations: stage h pairs
 // element j with j + h inside each run of 2h, exactly as the loop does.
 at::Tensor hadamard_rotated(const at::Tensor& x, const at::Tensor& smooth, int64_t block) {
   const int64_t K = x.size(-1);
@@ -330,7 +330,7 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
   // u - 128, so no flip pass is needed) and each row's scale and zero point;
   // the GEMM reads them with the epilogue fused (on our kernel's path).
   // With hadamard_block, the rows are smoothed and rotated first by tensor
-  // operations in the order of quant_math.h's hadamard_rows (same bits).
+  // operations in the order of quant_math.h's hadamard_stages (same bits).
   const bool rotate = hadamard_block > 0 && x_in.numel() > 0;
   const at::Tensor x_rot = rotate ? hadamard_rotated(x_in, args.smooth, hadamard_block) : x_in;
   const at::Tensor* sm = !rotate && args.smooth.defined() ? &args.smooth : nullptr;
