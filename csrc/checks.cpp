@@ -183,6 +183,17 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
   return N;
 }
 
+void check_weight_sum_values(const char* op, const at::Tensor& w_q, const at::Tensor& w_sum) {
+  const at::Tensor sums = w_q.sum(1, /*keepdim=*/false, at::kInt);
+  const at::Tensor wrong = sums.ne(w_sum).nonzero();
+  if (wrong.size(0) == 0) return;
+  const int64_t n = wrong[0][0].item<int64_t>();
+  TORCH_CHECK(false, op, ": w_sum must hold the row sums of w_q (sum over k of w_q[n, k]), but "
+              "w_sum[", n, "] = ", w_sum[n].item<int32_t>(), " and row ", n, " sums to ",
+              sums[n].item<int32_t>(), " (", wrong.size(0), " wrong value(s)); pass w_sum=None "
+              "to have it computed, or pack the weight (pack_weight), which holds its sums");
+}
+
 void check_linear_activation(const char* op, const at::Tensor& x_q,
                              const at::Tensor& x_scale, const at::Tensor& x_zero_point) {
   const auto code = x_q.scalar_type();
@@ -269,6 +280,7 @@ QuantizedLinearArgs check_quantized_linear_args(
     check_scale_values_once(op, w_scale, "w_scale");
     return {N, dtype, a_signed, at::Tensor(), at::Tensor(), at::Tensor(), lo != 0 || hi != 0};
   }
+  if (w_sum.has_value()) check_weight_sum_values(op, w_q, *w_sum);
   const auto [xs, xz64] =
       checked_qparam_values(op, x_scale, x_zero_point, range, "x_scale", "x_zero_point");
   at::Tensor ws = checked_scale_values(op, w_scale, "w_scale");
@@ -311,6 +323,7 @@ DynamicLinearArgs check_dynamic_quantized_linear_args(
     }
     return {mode, N, at::Tensor(), s};
   }
+  if (w_sum.has_value()) check_weight_sum_values(op, w_q, *w_sum);
   return {mode, N, checked_scale_values(op, w_scale, "w_scale"),
           smooth.has_value() ? checked_scale_values(op, *smooth, "smooth") : at::Tensor()};
 }

@@ -237,7 +237,8 @@ def test_quantlinear_dtype_moves_keep_the_layout(gen):
 def test_quantlinear_rejects_a_wrong_shape_on_load():
     q = tq.QuantLinear(8, 4)
     bad = tq.QuantLinear(9, 4).state_dict()
-    with pytest.raises(RuntimeError, match="size mismatch for weight"):
+    with pytest.raises(ValueError, match=r"load_state_dict: weight must be a torch.int8 tensor "
+                                         r"of shape \(4, 8\), got \(4, 9\)"):
         q.load_state_dict(bad)
     assert tq.is_packed_weight(q.weight) and q.weight.shape == (4, 4, 4)
 

@@ -102,3 +102,29 @@ def test_no_stale_result_after_a_hidden_weight_write(isa, route, mode):
             x_q, s, z = tq.quantize_per_token(x, mode)
             assert_same(tq.quantized_linear(x_q, s, z, w, ws, None, w_sum),
                         ref.quantized_linear(x_q, s, z, new, ws, None, None), f"ql M={M}")
+
+
+@pytest.mark.parametrize("M", [1, 2, 7, 64])
+def test_w_sum_is_checked_identically_on_every_path(isa, gen, M):
+    """w_sum (with a plain weight) must be the weight's row sums: a value off
+    by one anywhere is an error naming w_sum on every path (some kernels read
+    w_sum, others their own sums), for both ops and both activation types;
+    the true sums give the reference's result."""
+    K, N = 37, 21
+    x = torch.randn(M, K, generator=gen)
+    w = torch.randint(-128, 128, (N, K), generator=gen, dtype=torch.int8)
+    ws = torch.rand(N, generator=gen) + 0.01
+    sums = w.sum(1, dtype=torch.int32)
+    for mode in MODES:
+        q, s, z = ref.quantize_per_token(x, mode)
+        assert_same(tq.quantized_linear(q, s, z, w, ws, None, sums),
+                    ref.quantized_linear(q, s, z, w, ws, None, None))
+        assert_same(tq.dynamic_quantized_linear(x, w, ws, None, sums, mode),
+                    ref.dynamic_quantized_linear(x, w, ws, None, None, mode))
+        for n in (0, N - 1):
+            wrong = sums.clone()
+            wrong[n] += 1
+            with pytest.raises(RuntimeError, match=rf"quantized_linear: w_sum .* w_sum\[{n}\]"):
+                tq.quantized_linear(q, s, z, w, ws, None, wrong)
+            with pytest.raises(RuntimeError, match=rf"dynamic_quantized_linear: w_sum .* w_sum\[{n}\]"):
+                tq.dynamic_quantized_linear(x, w, ws, None, wrong, mode)

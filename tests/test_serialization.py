@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -252,3 +253,103 @@ def test_mismatched_models(tmp_path):
     with pytest.raises(ValueError, match="0.weight_sum"):
         tq.load(model, swapped)
     assert_untouched(model, snap)
+
+
+def _bad_values(tensors):
+    """(description, key, changed tensors) for every value invariant of a
+    layer's buffers; the model in _good_file is symmetric per tensor, with
+    layer '0' holding a bias and '2' none."""
+    def changed(key, f):
+        t = tensors[key].clone()
+        f(t)
+        return {**tensors, key: t}
+
+    def setter(i, v):
+        def f(t):
+            t.view(-1)[i] = v
+        return f
+    cases = []
+    for v in (float("nan"), 0.0, -1.0, float("inf"), 1e-40):
+        cases.append((f"weight_scale {v}", "0.weight_scale", changed("0.weight_scale", setter(3, v))))
+        cases.append((f"input_scale {v}", "4.input_scale", changed("4.input_scale", setter(0, v))))
+    for v in (128, -1, 300):
+        cases.append((f"input_zero_point {v}", "2.input_zero_point",
+                      changed("2.input_zero_point", setter(0, v))))
+    cases.append(("weight_sum off by one", "0.weight_sum", changed("0.weight_sum", setter(5, 1 + int(tensors["0.weight_sum"][5])))))
+    cases.append(("weight changed under its sums", "2.weight_sum", changed("2.weight", setter(0, 1 + int(tensors["2.weight"].view(-1)[0]) if int(tensors["2.weight"].view(-1)[0]) < 127 else 0))))
+    cases.append(("bias NaN", "0.bias", changed("0.bias", setter(1, float("nan")))))
+    return cases
+
+
+@pytest.mark.parametrize("target", ["float", "quantized"])
+def test_invalid_values_are_rejected_before_anything_changes(tmp_path, target):
+    """tq.load checks values, not only keys, shapes and dtypes: NaN, 0,
+    negative, inf or denormal (infinite reciprocal) scales, a zero point
+    outside its mode's range (the file says symmetric: only 0), weight sums
+    that are not the weight's row sums, a NaN bias. Each is a ValueError
+    naming the key, and the model (float or quantized) is left as it was."""
+    good = _good_file(tmp_path)
+    tensors = safetensors_torch.load_file(str(good))
+    from safetensors import safe_open
+    with safe_open(str(good), framework="pt") as f:
+        meta = dict(f.metadata())
+    model = (mlp(5) if target == "float"
+             else tq.quantize_model(mlp(5), "symmetric", "per_tensor", calib(), progress=False))
+    snap = snapshot(model)
+    for _what, key, bad_tensors in _bad_values(tensors):
+        bad = tmp_path / "bad.safetensors"
+        safetensors_torch.save_file(bad_tensors, str(bad), metadata=meta)
+        with pytest.raises(ValueError, match=r"tq\.load: .*" + re.escape(key)):
+            tq.load(model, bad)
+        assert_untouched(model, snap)
+        # load_state_dict on a quantized layer checks the same before the
+        # layer changes (layer by layer, as torch's load_state_dict loads)
+        if target == "quantized":
+            layer = model.get_submodule(key.split(".")[0])
+            before = snapshot(layer)
+            own = {k.split(".", 1)[1]: v for k, v in bad_tensors.items()
+                   if k.startswith(key.split(".")[0] + ".")}
+            with pytest.raises(ValueError, match=r"load_state_dict: " + re.escape(key.split(".")[1])):
+                layer.load_state_dict(own)
+            assert_untouched(layer, before)
+    tq.load(model, good)  # and the good file still loads
+
+
+def test_asymmetric_zero_points_are_checked_against_their_range(tmp_path):
+    src = tq.quantize_model(mlp(0), "asymmetric", "per_tensor", calib(), progress=False)
+    path = tmp_path / "asym.safetensors"
+    tq.save(src, path)
+    tensors = safetensors_torch.load_file(str(path))
+    model = tq.quantize_model(mlp(1), "asymmetric", "per_tensor", calib(), progress=False)
+    for z in (0, 255):
+        model.load_state_dict({**tensors, "0.input_zero_point": torch.tensor(z, dtype=torch.int32)})
+    for z in (-1, 256):
+        with pytest.raises(ValueError, match=r"0\.input_zero_point must be in \[0, 255\]"):
+            model.load_state_dict({**tensors, "0.input_zero_point": torch.tensor(z, dtype=torch.int32)})
+
+
+class _Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = self.a  # the same module under two names
+        self.c = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.c(self.b(torch.relu(self.a(x))))
+
+
+@pytest.mark.parametrize("gran", ["per_token", "per_tensor"])
+def test_shared_layer_save_load_into_fresh_float_model(tmp_path, gran):
+    torch.manual_seed(0)
+    src = tq.quantize_model(_Shared().eval(), "symmetric", gran,
+                            calibration_data=[torch.randn(4, 8)] if gran == "per_tensor" else None,
+                            progress=False)
+    assert src.a is src.b
+    path = tmp_path / "shared.safetensors"
+    tq.save(src, path)
+    fresh = _Shared().eval()
+    tq.load(fresh, path)
+    assert isinstance(fresh.a, QuantLinear) and fresh.a is fresh.b
+    x = torch.randn(5, 8)
+    assert torch.equal(fresh(x), src(x))

@@ -225,6 +225,10 @@ class QuantLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        # Every value checked before anything changes (ValueError naming the key).
+        mine = {name: state_dict[prefix + name] for name in self._buffers
+                if prefix + name in state_dict}
+        self.check_state(mine, "QuantLinear.load_state_dict", prefix)
         # Load into a plain weight (what the file holds), then pack it again.
         packed = ops.is_packed_weight(self.weight)
         if packed:
@@ -235,6 +239,61 @@ class QuantLinear(nn.Module):
         finally:
             if packed:
                 self._relayout()
+
+    def check_state(self, state: dict, where: str, prefix: str = "") -> None:
+        """ValueError naming the key unless ``state`` (this layer's tensors by
+        buffer name, as ``state_dict`` holds them; a missing one is taken from
+        the layer) is one this layer can hold: the dtypes and shapes of its
+        buffers, the weight plain ``[out, in]``, every scale and smoothing
+        factor finite and > 0 with a finite reciprocal, ``weight_sum`` the
+        weight's row sums, a finite bias, and the input zero point that of
+        ``act_mode`` (0 symmetric, [0, 255] asymmetric). Reads only."""
+        def get(name):
+            t = state.get(name)
+            if t is None and name == "weight":
+                return self.plain_weight()
+            return t if t is not None else self._buffers.get(name)
+
+        def fail(name, what):
+            raise ValueError(f"{where}: {prefix}{name} {what}")
+
+        n, k = self.out_features, self.in_features
+        shapes = {"weight": ((n, k), torch.int8), "weight_scale": ((n,), torch.float32),
+                  "weight_sum": ((n,), torch.int32), "bias": ((n,), torch.float32),
+                  "input_scale": ((), torch.float32), "input_zero_point": ((), torch.int32),
+                  "input_smooth": ((k,), torch.float32)}
+        for name, (shape, dtype) in shapes.items():
+            t = get(name) if name in self._buffers and self._buffers[name] is not None else None
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
+                got = (f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor)
+                       else type(t).__name__)
+                fail(name, f"must be a {dtype} tensor of shape {shape}, got {got}")
+            t = t.detach()
+            if t.is_meta:
+                continue  # no values to check
+            if name in ("weight_scale", "input_scale", "input_smooth"):
+                f = t.double()
+                bad = ~(torch.isfinite(f) & (f > 0) & torch.isfinite(1.0 / t))
+                if bad.any():
+                    i = bad.flatten().nonzero()[0, 0].item()
+                    fail(name, f"must be finite and > 0 (with a finite reciprocal), got "
+                               f"{t.flatten()[i].item()}" + (f" at index {i}" if t.dim() else ""))
+            elif name == "bias" and not torch.isfinite(t).all():
+                fail(name, "must be finite, got NaN or inf")
+            elif name == "weight_sum":
+                sums = get("weight").detach().to(t.device).sum(1, dtype=torch.int32)
+                wrong = (sums != t).nonzero()
+                if len(wrong):
+                    i = wrong[0, 0].item()
+                    fail(name, f"must hold the weight's row sums, but [{i}] is {t[i].item()} "
+                               f"and row {i} of the weight sums to {sums[i].item()}")
+            elif name == "input_zero_point":
+                z = t.item()
+                lo, hi = (0, 0) if self.act_mode == "symmetric" else (0, 255)
+                if not lo <= z <= hi:
+                    fail(name, f"must be in [{lo}, {hi}] for act_mode={self.act_mode!r}, got {z}")
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -155,14 +155,25 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
 
     ``model`` is either quantized with the settings the file records, or the
     float model they came from; any mismatch (missing layer, other settings or
-    shapes, extra or missing tensors) raises ``ValueError`` before the model is
-    touched."""
+    shapes, extra or missing tensors) or invalid value (a scale that is not
+    finite and > 0, a zero point outside its mode's range, a ``weight_sum``
+    that is not the weight's row sums, a non-finite bias: see
+    ``QuantLinear.check_state``) raises ``ValueError`` naming the key before
+    the model is touched. A layer shared under several names stays one
+    module."""
     path = os.fspath(path)
     layers, tensors = _read(path)
+
+    # A module registered under several names (model.a = model.b = Linear)
+    # is recorded once, under its first name: it is replaced under all.
+    names_of: Dict[int, list] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(m), []).append(n)
 
     # The modules the model will have: recorded layers that are still float
     # are replaced by empty QuantLinear modules with the recorded settings.
     replacements: Dict[str, QuantLinear] = {}
+    checked: Dict[str, QuantLinear] = {}
     for name, s in layers.items():
         try:
             module = model.get_submodule(name)
@@ -173,6 +184,7 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
             if _settings(module) != s:
                 raise ValueError(f"tq.load: layer {name!r} is quantized as {_settings(module)} "
                                  f"in the model but as {s} in {path}")
+            checked[name] = module
             continue
         if not (isinstance(module, nn.Linear) or is_conv1d(module)):
             raise ValueError(f"tq.load: layer {name!r} is a {type(module).__name__}, not a "
@@ -183,10 +195,12 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
         if any(shape[k] != s[k] for k in shape):
             raise ValueError(f"tq.load: layer {name!r} has {shape} in the model but {s} in {path}")
         with torch.no_grad():
-            replacements[name] = QuantLinear(s["in_features"], s["out_features"], s["bias"],
-                                             s["act_mode"], s["act_granularity"],
-                                             device=weight.device, smooth=bool(s.get("smooth")),
-                                             hadamard_block=s.get("hadamard_block", 0))
+            q = QuantLinear(s["in_features"], s["out_features"], s["bias"], s["act_mode"],
+                            s["act_granularity"], device=weight.device,
+                            smooth=bool(s.get("smooth")), hadamard_block=s.get("hadamard_block", 0))
+        for alias in names_of[id(module)]:
+            replacements[alias] = q
+        checked[name] = q
     extra = [n for n, _ in quantized_layers(model) if n not in layers]
     if extra:
         raise ValueError(f"tq.load: the model has quantized layers that {path} does not: "
@@ -210,9 +224,14 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
         if got.shape != t.shape or got.dtype != t.dtype:
             raise ValueError(f"tq.load: {key!r} is {tuple(got.shape)} {got.dtype} in {path} but "
                              f"{tuple(t.shape)} {t.dtype} in the model")
+    # The values of every quantized layer (scales, zero points, weight sums).
+    for name, q in checked.items():
+        own = {b: tensors[f"{name}.{b}"] for b in q._buffers if f"{name}.{b}" in tensors}
+        q.check_state(own, f"tq.load: {path}", f"{name}.")
 
     for name, q in replacements.items():
         q.train(model.get_submodule(name).training)
+    for name, q in replacements.items():
         _set_module(model, name, q)
     model.load_state_dict(tensors, strict=True)
     return model
