@@ -1,6 +1,5 @@
 #include "checks.h"
 
-#include "checked_values.h"
 #include "cpu/packed.h"
 
 #include <algorithm>
@@ -233,11 +232,7 @@ QuantizeArgs check_quantize_args(const char* op, const at::Tensor& x, const at::
   check_float_input(op, "x", x);
   const ParamLayout layout = check_qparams(op, "x", x, scale, zero_point, axis);
   const QRange range = qrange(mode, static_cast<int>(bits));
-  if (values == ValueCheck::Once) {
-    check_scale_values_once(op, scale, "scale");
-    check_zero_point_values_once(op, zero_point, range, "zero_point");
-    return {mode, range, layout, at::Tensor(), at::Tensor()};
-  }
+  if (values == ValueCheck::Device) return {mode, range, layout, at::Tensor(), at::Tensor()};
   auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
   return {mode, range, layout, std::move(s), std::move(z)};
 }
@@ -253,11 +248,7 @@ DequantizeArgs check_dequantize_args(const char* op, const at::Tensor& q, const 
               op, ": dtype must be float32, float16 or bfloat16, got ", out_dtype);
   const ParamLayout layout = check_qparams(op, "q", q, scale, zero_point, axis);
   const QRange range = code == at::kChar ? QRange{-128, 127} : QRange{0, 255};
-  if (values == ValueCheck::Once) {
-    check_scale_values_once(op, scale, "scale");
-    check_zero_point_values_once(op, zero_point, range, "zero_point");
-    return {out_dtype, layout, at::Tensor(), at::Tensor()};
-  }
+  if (values == ValueCheck::Device) return {out_dtype, layout, at::Tensor(), at::Tensor()};
   auto [s, z] = checked_qparam_values(op, scale, zero_point, range);
   return {out_dtype, layout, std::move(s), std::move(z)};
 }
@@ -274,11 +265,8 @@ QuantizedLinearArgs check_quantized_linear_args(
               ": out_dtype must be float32, float16 or bfloat16, got ", dtype);
   const bool a_signed = x_q.scalar_type() == at::kChar;
   const QRange range = a_signed ? QRange{-128, 127} : QRange{0, 255};
-  if (values == ValueCheck::Once) {
-    check_scale_values_once(op, x_scale, "x_scale");
-    const auto [lo, hi] = check_zero_point_values_once(op, x_zero_point, range, "x_zero_point");
-    check_scale_values_once(op, w_scale, "w_scale");
-    return {N, dtype, a_signed, at::Tensor(), at::Tensor(), at::Tensor(), lo != 0 || hi != 0};
+  if (values == ValueCheck::Device) {
+    return {N, dtype, a_signed, at::Tensor(), at::Tensor(), at::Tensor(), true};
   }
   if (w_sum.has_value()) check_weight_sum_values(op, w_q, *w_sum);
   const auto [xs, xz64] =
@@ -314,14 +302,9 @@ DynamicLinearArgs check_dynamic_quantized_linear_args(
     TORCH_CHECK(s.device() == x.device(), op, ": smooth must be on x's device (", x.device(),
                 "), got ", s.device());
   }
-  if (values == ValueCheck::Once) {
-    check_scale_values_once(op, w_scale, "w_scale");
-    at::Tensor s;
-    if (smooth.has_value()) {
-      check_scale_values_once(op, *smooth, "smooth");
-      s = smooth->to(at::kFloat).contiguous();
-    }
-    return {mode, N, at::Tensor(), s};
+  if (values == ValueCheck::Device) {
+    return {mode, N, at::Tensor(),
+            smooth.has_value() ? smooth->to(at::kFloat).contiguous() : at::Tensor()};
   }
   if (w_sum.has_value()) check_weight_sum_values(op, w_q, *w_sum);
   return {mode, N, checked_scale_values(op, w_scale, "w_scale"),

@@ -113,10 +113,9 @@ void check_linear_activation(const char* op, const at::Tensor& x_q,
 enum class ValueCheck {
   // Read them to the host and return them there: the CPU kernels use those.
   Read,
-  // Check each tensor version once (checked_values.h) and return no values:
-  // the CUDA kernels read the device tensors, and the host waits for the GPU
-  // only for values it has not seen.
-  Once,
+  // Leave them to the device (cuda/value_checks.h) and return no values: the
+  // CUDA ops never wait for the GPU to read them back.
+  Device,
 };
 
 // Every check of choose_qparams' arguments, shared by its CPU and CUDA
@@ -136,7 +135,7 @@ Mode check_quantize_per_token_args(const char* op, const at::Tensor& x, std::str
 // Every check of quantize's arguments, shared by its CPU and CUDA kernels:
 // mode, bits, x, the parameters' layout and values. With ValueCheck::Read,
 // scale and zero_point are the values as contiguous float32 / int64 CPU
-// tensors; with Once they are undefined.
+// tensors; with Device they are undefined.
 struct QuantizeArgs {
   Mode mode;
   QRange range;
@@ -159,8 +158,8 @@ DequantizeArgs check_dequantize_args(const char* op, const at::Tensor& q, const 
 
 // The same for quantized_linear: N, the output dtype, whether x_q is int8,
 // the checked x_scale (float32) and x_zero_point (int32) values and w_scale
-// (float32) as CPU tensors (undefined with ValueCheck::Once), and whether any
-// zero point is non-zero.
+// (float32) as CPU tensors (undefined with ValueCheck::Device), and whether any
+// zero point may be non-zero (always with Device, which does not read them).
 struct QuantizedLinearArgs {
   int64_t N;
   at::ScalarType out_dtype;
@@ -177,7 +176,7 @@ QuantizedLinearArgs check_quantized_linear_args(
 // The same for dynamic_quantized_linear: act_mode, x, the weight side,
 // w_scale's values and smooth (floating [K] on x's device, every value finite
 // and > 0, like a scale). With ValueCheck::Read, w_scale and smooth are those
-// values as float32 CPU tensors (smooth undefined when absent); with Once,
+// values as float32 CPU tensors (smooth undefined when absent); with Device,
 // w_scale is undefined and smooth is the argument as contiguous float32 on
 // x's device. hadamard_block must be 0 (none) or a power of two >= 2 that
 // divides K.

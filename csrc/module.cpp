@@ -8,7 +8,6 @@
 
 #include <torch/extension.h>
 
-#include "checked_values.h"
 #include "checks.h"
 #include "cpu/gemm.h"
 #include "cpu/isa.h"
@@ -62,23 +61,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("seconds") = 0.2, pybind11::call_guard<pybind11::gil_scoped_release>(),
         "Ops/s of a plain vpdpbusd loop on the calling thread; 0 without AVX512_VNNI. "
         "Releases the GIL, so that one call per thread measures them all together.");
-  // The value checks the CUDA ops make once per tensor version
-  // (csrc/checked_values.h), callable on any tensor so that CPU tests cover them.
-  m.def("_check_scale_values_once",
-        [](const at::Tensor& scale) {
-          torch_quant::check_scale_values_once("torch_quant._check_scale_values_once", scale,
-                                               "scale");
-        },
-        pybind11::arg("scale"));
-  m.def("_check_zero_point_values_once",
-        [](const at::Tensor& zero_point, int qmin, int qmax) {
-          return torch_quant::check_zero_point_values_once(
-              "torch_quant._check_zero_point_values_once", zero_point,
-              torch_quant::QRange{qmin, qmax}, "zero_point");
-        },
-        pybind11::arg("zero_point"), pybind11::arg("qmin"), pybind11::arg("qmax"));
-  m.def("_clear_checked_values", &torch_quant::clear_checked_values,
-        "Forget which scale / zero point tensors the CUDA ops have checked.");
-  m.def("_checked_values_info", &torch_quant::checked_values_info,
-        "(tensors whose checked values are remembered, host reads of values so far).");
 }

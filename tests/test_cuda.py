@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import copy
 import os
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -216,31 +220,31 @@ def test_opcheck_and_compile_on_cuda():
 
 
 @gpu
-def test_steady_state_does_not_wait_for_the_gpu():
-    """After a tensor's values were checked once (or were made by our ops), no
-    op waits for the device: torch's sync debug mode turns any wait into an
-    error. A tensor seen for the first time is read (and so raises here),
-    which shows the mode is on."""
+def test_no_op_waits_for_the_gpu():
+    """Value checks run on the device: no op waits for the GPU, not even for
+    parameters it has never seen or inference tensors (torch's sync debug
+    mode turns any wait into an error; the last call shows it is on)."""
     x = _x((8, 64)).nan_to_num().cuda()
     g = torch.Generator().manual_seed(3)
     w_q = torch.randint(-127, 128, (32, 64), generator=g).to(torch.int8).cuda()
+    with torch.inference_mode():
+        ws_inference = (torch.rand(32, generator=g) + 0.01).cuda()
     ws = (torch.rand(32, generator=g) + 0.01).cuda()
     w_sum = w_q.sum(1, dtype=torch.int32)
-    qt, st, zt = tq.quantize_per_token(x, "asymmetric")
-    tq.quantized_linear(qt, st, zt, w_q, ws, None, w_sum)  # reads ws once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for mode in MODES:
-            for axis in (None, 0):
-                s, z = tq.choose_qparams(x, mode, axis)
-                q = tq.quantize(x, s, z, mode, axis)
-                tq.dequantize(q, s, z, axis)
-            qt, st, zt = tq.quantize_per_token(x, mode)
-            tq.quantized_linear(qt, st, zt, w_q, ws, None, w_sum)
-            tq.dynamic_quantized_linear(x, w_q, ws, None, w_sum, mode)
+        for w_scale in (ws, ws_inference, ws.clone()):
+            for mode in MODES:
+                for axis in (None, 0):
+                    s, z = tq.choose_qparams(x, mode, axis)
+                    q = tq.quantize(x, s.clone(), z.clone(), mode, axis)
+                    tq.dequantize(q, s, z, axis)
+                qt, st, zt = tq.quantize_per_token(x, mode)
+                tq.quantized_linear(qt, st, zt, w_q, w_scale, None, w_sum)
+                tq.dynamic_quantized_linear(x, w_q, w_scale, None, w_sum, mode)
         with pytest.raises(RuntimeError, match="synchroniz"):
-            tq.quantized_linear(qt, st, zt, w_q, ws.clone(), None, w_sum)
+            float(x.sum())
     finally:
         torch.cuda.set_sync_debug_mode(0)
 
@@ -257,10 +261,10 @@ def test_quantized_model_runs_on_cuda_without_waiting():
         want = q(x)
         q.cuda()
         x_gpu = x.cuda()  # a copy from pageable memory waits: not in the checked region
-        assert torch.equal(q(x_gpu).cpu(), want)  # first call: reads the scales once
+        torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            got = q(x_gpu)
+            got = q(x_gpu)  # even the first call reads nothing back
         finally:
             torch.cuda.set_sync_debug_mode(0)
         assert torch.equal(got.cpu(), want)
@@ -287,8 +291,7 @@ def test_packed_weights_on_cuda():
     assert tq.is_packed_weight(q.weight)
 
 
-@gpu
-@pytest.mark.parametrize("case", [
+BAD_VALUE_CASES = [
     lambda d: tq.quantize(torch.ones(3, device=d), torch.tensor([-1.0], device=d),
                           torch.tensor([0], device=d), "symmetric"),
     lambda d: tq.quantize(torch.ones(2, 3, device=d), torch.tensor([1.0, float("nan")], device=d),
@@ -308,21 +311,47 @@ def test_packed_weights_on_cuda():
                                           torch.ones(3, 4, dtype=torch.int8, device=d),
                                           torch.tensor([1.0, float("inf"), 1.0], device=d),
                                           None, None, "symmetric"),
-])
-def test_bad_values_raise_the_cpu_error(case):
+    lambda d: tq.dynamic_quantized_linear(torch.ones(2, 4, device=d),
+                                          torch.ones(3, 4, dtype=torch.int8, device=d),
+                                          torch.ones(3, device=d), None,
+                                          torch.tensor([4, 5, 4], dtype=torch.int32, device=d),
+                                          "asymmetric"),
+]
+
+
+@gpu
+@pytest.mark.parametrize("case", BAD_VALUE_CASES)
+def test_bad_values_stop_the_kernel_with_a_message(case):
+    """On the CPU a bad value raises at once; on CUDA it is checked on the
+    device, which stops with a device-side assertion after printing the
+    argument's name (run in a subprocess: the CUDA context is unusable
+    afterwards)."""
     with pytest.raises(RuntimeError) as on_cpu:
         case("cpu")
-    with pytest.raises(RuntimeError) as on_gpu:
-        case("cuda")
-    assert str(on_gpu.value).splitlines()[0] == str(on_cpu.value).splitlines()[0]
-    torch.cuda.synchronize()  # the device is still usable
+    arg = re.search(r": (\w+) must", str(on_cpu.value)).group(1)
+    script = textwrap.dedent(f"""
+        import sys, torch, torch_quant as tq
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import test_cuda
+        case = test_cuda.BAD_VALUE_CASES[{BAD_VALUE_CASES.index(case)}]
+        try:
+            case("cuda")
+            torch.cuda.synchronize()
+        except RuntimeError as e:
+            print("raised:", str(e).splitlines()[0])
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    text = out.stdout + out.stderr
+    assert "device-side assert" in text, text[-2000:]
+    assert f"torch_quant: {arg} must" in text, text[-2000:]
 
 
 @gpu
 def test_cuda_graph_capture_and_replay():
-    """Once its parameters were checked, a pipeline of our ops can be captured
-    into a CUDA graph and replayed; a parameter never seen before is refused
-    during capture with an error that says what to do."""
+    """A pipeline of our ops can be captured into a CUDA graph and replayed,
+    with parameters used before or never (inference tensors too): their
+    values are checked on the device, inside the graph."""
     x = _x((8, 64)).nan_to_num().cuda()
     g = torch.Generator().manual_seed(5)
     w_q = torch.randint(-127, 128, (32, 64), generator=g).to(torch.int8).cuda()
@@ -339,7 +368,7 @@ def test_cuda_graph_capture_and_replay():
     static_x = x.clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up (and check ws) outside the capture
+    with torch.cuda.stream(side):  # warm up outside the capture
         f(static_x, ws)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
@@ -351,7 +380,63 @@ def test_cuda_graph_capture_and_replay():
     for got, want in zip(outs, f(x * 0.5, ws)):
         assert torch.equal(got, want)
 
-    unseen = ws.clone()
-    with pytest.raises(RuntimeError, match="checked once before a CUDA graph capture"):
-        with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            f(static_x, unseen)
+    # parameters never used before, made under inference mode: captured
+    # as they are (their values are checked inside the graph, on the device)
+    with torch.inference_mode():
+        fresh = ws * 1.5
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = f(static_x, fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(outs, f(x * 0.5, fresh)):
+        assert torch.equal(got, want)
+
+
+@gpu
+@pytest.mark.parametrize("xdtype", [torch.int8, torch.uint8])
+def test_offset_int8_inputs_on_every_gemm_path(xdtype):
+    """Contiguous int8 / uint8 activations and weights whose data does not
+    start on a 16-byte boundary, at shapes that would take cuBLASLt (M > 16,
+    K and N multiples of 8) and our kernel: equal to the CPU result (the
+    cuBLASLt path takes only aligned operands)."""
+    g = torch.Generator().manual_seed(11)
+    lo, hi = (-128, 127) if xdtype == torch.int8 else (0, 255)
+    for M, K, N in ((32, 64, 16), (17, 24, 8), (5, 64, 70), (40, 1024, 32)):
+        x = torch.randint(lo, hi + 1, (M, K), generator=g).to(xdtype)
+        w = torch.randint(-128, 128, (N, K), generator=g).to(torch.int8)
+        xs, ws = torch.rand(M, generator=g) + 0.01, torch.rand(N, generator=g) + 0.01
+        xz = torch.randint(lo, hi + 1, (M,), generator=g, dtype=torch.int32)
+        want = tq.quantized_linear(x, xs, xz, w, ws)
+        buf = torch.empty(M * K + 1, dtype=xdtype, device="cuda")
+        x_odd = buf[1:].view(M, K).copy_(x)                          # offset 1 byte
+        x3 = torch.empty(2, M, K, dtype=xdtype, device="cuda")
+        x3[1].copy_(x)                                                # offset M * K bytes
+        wbuf = torch.empty(N * K + 4, dtype=torch.int8, device="cuda")
+        w_odd = wbuf[4:].view(N, K).copy_(w)                          # offset 4 bytes
+        for xd in (x_odd, x3[1]):
+            for wd in (w.cuda(), w_odd):
+                got = tq.quantized_linear(xd, xs.cuda(), xz.cuda(), wd, ws.cuda())
+                assert torch.equal(got.cpu(), want), (M, K, N, xd.storage_offset(),
+                                                      wd.storage_offset())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_ops_on_the_second_gpu():
+    """Tensors on cuda:1 while cuda:0 is current: kernels launch on the
+    tensors' device (a device guard) and give the CPU's results."""
+    x = _x((9, 64)).nan_to_num()
+    g = torch.Generator().manual_seed(2)
+    w = torch.randint(-127, 128, (24, 64), generator=g).to(torch.int8)
+    ws = torch.rand(24, generator=g) + 0.01
+    d = torch.device("cuda:1")
+    for mode in MODES:
+        s, z = tq.choose_qparams(x, mode, 0)
+        s1, z1 = tq.choose_qparams(x.to(d), mode, 0)
+        assert torch.equal(s1.cpu(), s) and torch.equal(z1.cpu(), z)
+        q1 = tq.quantize(x.to(d), s1, z1, mode, 0)
+        assert torch.equal(q1.cpu(), tq.quantize(x, s, z, mode, 0))
+        assert torch.equal(tq.dequantize(q1, s1, z1, 0).cpu(), tq.dequantize(q1.cpu(), s, z, 0))
+        got = tq.dynamic_quantized_linear(x.to(d), w.to(d), ws.to(d), None, None, mode)
+        assert got.device == d
+        assert torch.equal(got.cpu(), tq.dynamic_quantized_linear(x, w, ws, None, None, mode))

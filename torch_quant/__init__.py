@@ -15,15 +15,7 @@ from .report import LayerReport, format_report, quantization_report
 from .serialization import load, save
 
 
-def clear_checked_values() -> None:
-    """Forget which scale and zero point tensors the CUDA ops have checked:
-    call it after writing one through ``tensor.data``. The CUDA ops check
-    those values once per tensor version, so that they do not wait for the GPU
-    on every call; a write through ``.data`` is not tracked."""
-    _C._clear_checked_values()
-
-
-__all__ = [*ops.__all__, "ops", "clear_checked_values", "QuantLinear", "quantize_model",
+__all__ = [*ops.__all__, "ops", "QuantLinear", "quantize_model",
            "smooth_model",
            "quantization_report", "format_report", "LayerReport", "save", "load"]
 __version__ = "0.1.0"

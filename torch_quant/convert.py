@@ -377,7 +377,8 @@ def quantize_model(
     if act_granularity == "per_tensor":
         needs.append("act_granularity='per_tensor'")
     if calibration_data is None and needs:
-        raise ValueError(f"{where}: {' and '.join(needs)} need calibration_data "
+        verb = "needs" if len(needs) == 1 else "need"
+        raise ValueError(f"{where}: {' and '.join(needs)} {verb} calibration_data "
                          f"(an iterable of input batches)")
 
     if isinstance(model, nn.Linear) or is_conv1d(model):

@@ -27,11 +27,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "../checked_values.h"
 #include "../checks.h"
 #include "../quant_math.h"
 #include "../visit.h"
 #include "common.cuh"
+#include "value_checks.h"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 720
 #error "torch_quant: the int8 tensor-core GEMM needs sm_72 or newer; set TORCH_CUDA_ARCH_LIST"
@@ -216,9 +216,14 @@ __global__ void epilogue_kernel(const int32_t* __restrict__ dot, int64_t M, int6
   }
 }
 
-// cuBLASLt's int8 GEMM (through at::_int_mm) needs these.
-bool int_mm_fits(int64_t M, int64_t N, int64_t K) {
-  return M > 16 && K > 0 && K % 8 == 0 && N % 8 == 0;
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// cuBLASLt's int8 GEMM (through at::_int_mm) needs these: its tensor-core
+// kernels read both operands in aligned 16-byte vectors, so a view that
+// starts at an odd offset (buf[1:].view(...), x3[1] of an odd-sized batch)
+// must take our kernel, which reads unaligned rows byte by byte.
+bool int_mm_fits(int64_t M, int64_t N, int64_t K, const void* a, const void* w) {
+  return M > 16 && K > 0 && K % 8 == 0 && N % 8 == 0 && aligned16(a) && aligned16(w);
 }
 
 std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
@@ -227,11 +232,10 @@ std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
   return shape;
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // The shared GEMM + epilogue on device tensors: x_q [M, K] codes, x_scale
 // float32 / x_zp int32 with 1 or M values, w_scale float32 1 or N values.
-// need_sums: some zero point may be non-zero.
+// need_sums: some zero point may be non-zero. w_sum, when given, is checked
+// against the row sums on the device (the kernels use the sums computed here).
 at::Tensor linear(const at::Tensor& x_q, const at::Tensor& x_scale, const at::Tensor& x_zp,
                   bool need_sums, const at::Tensor& w, const std::optional<at::Tensor>& w_sum,
                   const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
@@ -245,9 +249,8 @@ at::Tensor linear(const at::Tensor& x_q, const at::Tensor& x_scale, const at::Te
   // uint8 activations enter both GEMMs as x - 128: w_sum takes it back.
   need_sums = need_sums || !a_signed;
   at::Tensor sums;
-  if (need_sums) {
-    sums = w_sum.has_value() ? w_sum->to(at::kInt).contiguous() : w.sum(1, /*keepdim=*/false, at::kInt);
-  }
+  if (need_sums || w_sum.has_value()) sums = w.sum(1, /*keepdim=*/false, at::kInt);
+  if (w_sum.has_value()) check_weight_sums_on_device(*w_sum, sums);
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const Epilogue ep{x_scale.const_data_ptr<float>(),
                     x_zp.const_data_ptr<int32_t>(),
@@ -258,7 +261,7 @@ at::Tensor linear(const at::Tensor& x_q, const at::Tensor& x_scale, const at::Te
                     bias.has_value() ? b.const_data_ptr<float>() : nullptr,
                     a_signed ? 0u : 128u};
   const at::Tensor a2 = x_q.reshape({M, K});
-  if (int_mm_fits(M, N, K)) {
+  if (int_mm_fits(M, N, K, a2.const_data_ptr(), w.const_data_ptr())) {
     const at::Tensor a8 = a_signed ? a2 : at::bitwise_xor(a2, 128).view(at::kChar);
     const at::Tensor dot = at::_int_mm(a8, w.t());  // [M, N] int32
     visit_float(out_dtype, [&](auto tag) {
@@ -301,16 +304,21 @@ at::Tensor quantized_linear_cuda(const at::Tensor& x_q, const at::Tensor& x_scal
                                  const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                                  const std::optional<at::Tensor>& w_sum,
                                  std::optional<at::ScalarType> out_dtype) {
-  // Values checked once per tensor version (checked_values.h).
+  // Values checked on the device (value_checks.h).
   const QuantizedLinearArgs args = check_quantized_linear_args(
       "torch_quant.quantized_linear", x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum,
-      out_dtype, ValueCheck::Once);
+      out_dtype, ValueCheck::Device);
   check_plain_weight("torch_quant.quantized_linear", w_q);
   const c10::cuda::CUDAGuard guard(x_q.device());
   const at::Tensor x = x_q.contiguous();
-  return linear(x, x_scale.to(at::kFloat).contiguous(), x_zero_point.to(at::kInt).contiguous(),
-                args.any_zero_point, w_q.contiguous(), w_sum, w_scale.to(at::kFloat).contiguous(),
-                bias, output_shape(x, args.N), args.out_dtype);
+  const at::Tensor xs = x_scale.to(at::kFloat).contiguous();
+  const at::Tensor ws = w_scale.to(at::kFloat).contiguous();
+  check_scales_on_device(xs, Arg::XScale);
+  check_zero_points_on_device(x_zero_point.to(at::kLong).contiguous(),
+                              args.a_signed ? QRange{-128, 127} : QRange{0, 255}, Arg::XZeroPoint);
+  check_scales_on_device(ws, Arg::WScale);
+  return linear(x, xs, x_zero_point.to(at::kInt).contiguous(), args.any_zero_point,
+                w_q.contiguous(), w_sum, ws, bias, output_shape(x, args.N), args.out_dtype);
 }
 
 at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tensor& w_q,
@@ -322,10 +330,13 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
                                          int64_t hadamard_block) {
   constexpr const char* op = "torch_quant.dynamic_quantized_linear";
   const DynamicLinearArgs args = check_dynamic_quantized_linear_args(
-      op, x_in, w_q, w_scale, bias, w_sum, act_mode, smooth, hadamard_block, ValueCheck::Once);
+      op, x_in, w_q, w_scale, bias, w_sum, act_mode, smooth, hadamard_block, ValueCheck::Device);
   check_plain_weight(op, w_q);
   const Mode mode = args.mode;
   const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor ws = w_scale.to(at::kFloat).contiguous();
+  check_scales_on_device(ws, Arg::WScale);
+  if (args.smooth.defined()) check_scales_on_device(args.smooth, Arg::Smooth);
   // Two kernels: the per-token one writes int8 codes (asymmetric ones as
   // u - 128, so no flip pass is needed) and each row's scale and zero point;
   // the GEMM reads them with the epilogue fused (on our kernel's path).
@@ -337,8 +348,7 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
   const auto [q, scale, zp] = quantize_per_token_impl(op, x_rot, mode, 8, /*int8_codes=*/true, sm);
   // Symmetric rows have zero point 0: w_sum is only needed for asymmetric.
   return linear(q, scale.reshape({-1}), zp.reshape({-1}), mode == Mode::Asymmetric,
-                w_q.contiguous(), w_sum, w_scale.to(at::kFloat).contiguous(), bias,
-                output_shape(x_in, args.N), x_in.scalar_type());
+                w_q.contiguous(), w_sum, ws, bias, output_shape(x_in, args.N), x_in.scalar_type());
 }
 
 }  // namespace

@@ -5,9 +5,8 @@
 //
 // Written without a GPU to run them on (see the README): kept plain so that
 // they are right by construction. Everything runs on the current stream.
-// quantize / dequantize check the caller's scale and zero point values once
-// per tensor version (checked_values.h), so the host waits for the GPU only
-// for values it has not seen; the parameters made here are recorded as valid.
+// quantize / dequantize check the caller's scale and zero point values on the
+// device (value_checks.h), so no call waits for the GPU.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -21,30 +20,16 @@
 #include <type_traits>
 #include <vector>
 
-#include "../checked_values.h"
 #include "../checks.h"
 #include "../quant_math.h"
 #include "../visit.h"
 #include "common.cuh"
+#include "value_checks.h"
 
 namespace torch_quant::cuda {
 namespace {
 
 at::ScalarType code_dtype(Mode mode) { return mode == Mode::Symmetric ? at::kChar : at::kByte; }
-
-// Parameters computed by compute_qparams are valid by construction (scale >=
-// FLT_EPSILON and finite, zero point clamped into range; 0 when symmetric):
-// recorded so that passing them on to quantize / dequantize does not wait.
-void remember_made_qparams(const at::Tensor& scale, const at::Tensor& zero_point, Mode mode,
-                           int64_t bits) {
-  const QRange r = qrange(mode, static_cast<int>(bits));
-  remember_valid_scale(scale);
-  if (mode == Mode::Symmetric) {
-    remember_zero_point_bounds(zero_point, 0, 0);
-  } else {
-    remember_zero_point_bounds(zero_point, r.qmin, r.qmax);
-  }
-}
 
 // dst[i] = f(src[i], c) over contiguous data whose element i uses parameter
 // pair c = (i / inner) % channels. kV elements per thread step: one 16-byte
@@ -245,16 +230,15 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_cuda(const at::Tensor& x_in,
       part_lo, part_hi, static_cast<int>(splits), scale.mutable_data_ptr<float>(),
       zero_point.mutable_data_ptr<int32_t>(), static_cast<int>(mode), static_cast<int>(bits));
   check_launch();
-  remember_made_qparams(scale, zero_point, mode, bits);
   return {scale, zero_point};
 }
 
 at::Tensor quantize_cuda(const at::Tensor& x_in, const at::Tensor& scale,
                          const at::Tensor& zero_point, std::string_view mode_name,
                          std::optional<int64_t> axis, int64_t bits) {
-  // Values checked once per tensor version: the kernel reads the device tensors.
+  // Values checked on the device: the kernel reads the device tensors.
   const QuantizeArgs args = check_quantize_args("torch_quant.quantize", x_in, scale, zero_point,
-                                                mode_name, axis, bits, ValueCheck::Once);
+                                                mode_name, axis, bits, ValueCheck::Device);
   const Mode mode = args.mode;
   const QRange range = args.range;
   const ParamLayout layout = args.layout;
@@ -262,6 +246,8 @@ at::Tensor quantize_cuda(const at::Tensor& x_in, const at::Tensor& scale,
   const at::Tensor x = x_in.contiguous();
   const at::Tensor s = scale.to(at::kFloat).contiguous();
   const at::Tensor z = zero_point.to(at::kLong).contiguous();
+  check_scales_on_device(s, Arg::Scale);
+  check_zero_points_on_device(z, range, Arg::ZeroPoint);
   at::Tensor q = at::empty(x.sizes(), x.options().dtype(code_dtype(mode)));
   const int64_t n = x.numel();
   if (n == 0) return q;
@@ -295,7 +281,7 @@ at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale,
                            std::optional<at::ScalarType> dtype) {
   const DequantizeArgs args =
       check_dequantize_args("torch_quant.dequantize", q_in, scale, zero_point, axis, dtype,
-                            ValueCheck::Once);
+                            ValueCheck::Device);
   const at::ScalarType out_dtype = args.out_dtype;
   const ParamLayout layout = args.layout;
   const auto code = q_in.scalar_type();
@@ -303,6 +289,9 @@ at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale,
   const at::Tensor q = q_in.contiguous();
   const at::Tensor s = scale.to(at::kFloat).contiguous();
   const at::Tensor z = zero_point.to(at::kLong).contiguous();
+  check_scales_on_device(s, Arg::Scale);
+  check_zero_points_on_device(z, code == at::kChar ? QRange{-128, 127} : QRange{0, 255},
+                              Arg::ZeroPoint);
   at::Tensor x = at::empty(q.sizes(), q.options().dtype(out_dtype));
   const int64_t n = q.numel();
   if (n == 0) return x;
@@ -379,10 +368,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cuda(
     const at::Tensor& x_in, std::string_view mode_name, int64_t bits) {
   constexpr const char* op = "torch_quant.quantize_per_token";
   const Mode mode = check_quantize_per_token_args(op, x_in, mode_name, bits);
-  auto out = quantize_per_token_impl(op, x_in, mode, bits, /*int8_codes=*/false,
-                                     /*smooth=*/nullptr);
-  remember_made_qparams(std::get<1>(out), std::get<2>(out), mode, bits);
-  return out;
+  return quantize_per_token_impl(op, x_in, mode, bits, /*int8_codes=*/false,
+                                 /*smooth=*/nullptr);
 }
 
 }  // namespace
