@@ -162,9 +162,8 @@ def _linear(cfg: Config, device: torch.device, sizes: Sizes,
     w_q = [torch.randint(-127, 128, (N, K), device=device, generator=g, dtype=torch.int8)
            for _ in range(sizes.weight_copies)]
     w_scale = [torch.rand(N, device=device, generator=g) * 0.01 + 1e-3 for _ in w_q]
-    w_sum = [w.sum(1, dtype=torch.int32) for w in w_q]
     w_bf16 = [(w.float() * s[:, None]).to(torch.bfloat16) for w, s in zip(w_q, w_scale)]
-    ours = list(zip(w_q, w_scale, w_sum))
+    ours = list(zip(w_q, w_scale))
     for M in sizes.linear_ms:
         x = torch.randn(M, K, device=device, generator=g).to(torch.bfloat16)
         q, qs, qz = tq.quantize_per_token(x, "symmetric")
@@ -172,14 +171,14 @@ def _linear(cfg: Config, device: torch.device, sizes: Sizes,
         cands = [
             Candidate("bf16", cycling(lambda w: F.linear(x, w), [(w,) for w in w_bf16])),
             Candidate("sym", cycling(
-                lambda w, s, ws: tq.dynamic_quantized_linear(x, w, s, None, ws, "symmetric"),
+                lambda w, s: tq.dynamic_quantized_linear(x, w, s, None, None, "symmetric"),
                 ours)),
             Candidate("asym", cycling(
-                lambda w, s, ws: tq.dynamic_quantized_linear(x, w, s, None, ws, "asymmetric"),
+                lambda w, s: tq.dynamic_quantized_linear(x, w, s, None, None, "asymmetric"),
                 ours)),
             Candidate("gemm", cycling(
-                lambda w, s, ws: tq.quantized_linear(q, qs, qz, w, s, None, ws,
-                                                     out_dtype=torch.bfloat16), ours)),
+                lambda w, s: tq.quantized_linear(q, qs, qz, w, s, None, None,
+                                                 out_dtype=torch.bfloat16), ours)),
         ]
         if M > 16 and K % 8 == 0 and N % 8 == 0:  # what torch._int_mm accepts
             cands.append(Candidate("int_mm", cycling(lambda w: torch._int_mm(q, w.t()),

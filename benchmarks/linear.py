@@ -257,7 +257,7 @@ def _method_notes(sizes: LinearSizes) -> List[str]:
         "ours: tq.QuantLinear.from_float (symmetric per-channel int8 weights, packed once by "
         "tq.pack_weight at conversion, not in the timed call; activations quantized per token "
         "inside the op, int8 symmetric or uint8 asymmetric); 'plain w' is "
-        "tq.dynamic_quantized_linear on the [N, K] weight with w_sum, a secondary row; "
+        "tq.dynamic_quantized_linear on the plain [N, K] weight, a secondary row; "
         "'+ input_smooth' multiplies x by per-channel smoothing factors inside the op (the "
         "quantize-step path of smoothing; folded smoothing costs nothing), its cost is its "
         "/ours sym column",

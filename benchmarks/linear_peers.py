@@ -35,7 +35,7 @@ PEER_LABELS = {  # key: (label, short name for the goals; None: not an int8 peer
     "fp32": ("fp32 F.linear(x, w)", None),
     "ours_sym": ("ours QuantLinear symmetric (packed w)", None),
     "ours_asym": ("ours QuantLinear asymmetric (packed w)", None),
-    "ours_plain": ("ours op symmetric, plain [N,K] w + w_sum", None),
+    "ours_plain": ("ours op symmetric, plain [N,K] w", None),
     "ours_smooth": ("ours QuantLinear symmetric + input_smooth", None),
     "ours_hadamard": ("ours QuantLinear symmetric + Hadamard rotation", None),
     "qd_tensor": ("torch.ao quantize_dynamic, per-tensor w", "quantize_dynamic per-tensor"),
@@ -119,7 +119,6 @@ class Weights:
         with torch.inference_mode(False):
             self.w_scale, w_zp = tq.choose_qparams(w, "symmetric", axis=0)
             self.w_q = tq.quantize(w, self.w_scale, w_zp, "symmetric", axis=0)
-            self.w_sum = self.w_q.sum(1, dtype=torch.int32)
             self.fp32 = [w.clone() for _ in range(copies)]
             self.ours = {mode: [tq.QuantLinear.from_float(linear_module(w), act_mode=mode)
                                 for _ in range(copies)]
@@ -167,7 +166,7 @@ class Weights:
                    unavailable: Dict[str, Tuple[str, str]]) -> List[LinCand]:
         """The candidates at one M (x: [M, K]); fp32 first, the reference."""
         N, K = self.N, self.K
-        ws, wsum = self.w_scale, self.w_sum
+        ws = self.w_scale
         cands = [
             LinCand("fp32", cycling(lambda wt: F.linear(x, wt), [(t,) for t in self.fp32]),
                     4 * N * K),
@@ -180,7 +179,7 @@ class Weights:
             *([LinCand("ours_hadamard", cycling(lambda m: m(x), [(m,) for m in self.ours_hadamard]),
                        self.packed_nbytes)] if self.ours_hadamard else []),
             LinCand("ours_plain", cycling(lambda wt: tq.dynamic_quantized_linear(
-                x, wt, ws, None, wsum, "symmetric"), [(t,) for t in self.plain]), N * K),
+                x, wt, ws, None, None, "symmetric"), [(t,) for t in self.plain]), N * K),
         ]
         for key in ("qd_tensor", "qd_channel"):
             b = self.built.get(key)

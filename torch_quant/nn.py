@@ -67,8 +67,9 @@ class QuantLinear(nn.Module):
     on CPU it is held packed, ``[out, ceil(in / 4) + 2, 4]``, see
     ``ops.pack_weight``; :meth:`plain_weight` gives ``[out, in]`` anywhere),
     ``weight_scale`` float32 ``[out]``, ``weight_sum`` int32 ``[out]`` (row sums
-    of ``weight``, for the zero-point correction of the CUDA kernels; a packed
-    weight holds its own), ``bias`` float32
+    of ``weight``, checked on load; kept in the state dict and files for
+    readers of the format, not passed to the ops, which use the packed
+    weight's sums or compute them), ``bias`` float32
     ``[out]`` or None, for ``act_granularity="per_tensor"`` the 0-dim
     ``input_scale`` (float32) and ``input_zero_point`` (int32), and with
     ``smooth=True`` ``input_smooth`` float32 ``[in]``: the input is multiplied
@@ -179,7 +180,10 @@ class QuantLinear(nn.Module):
         # _buffers (nn.Module.__getattr__ costs ~0.5 us a name).
         b = self._buffers
         w = b["weight"]
-        w_sum = None if w.dim() == 3 else b["weight_sum"]  # a packed weight holds its sums
+        # No w_sum: a packed weight holds its sums, and with a plain one (CUDA)
+        # the op would check a given w_sum with a pass over the weight, the
+        # same pass that computes the sums when it needs them (asymmetric).
+        w_sum = None
         smooth = b.get("input_smooth")
         if self.act_granularity == "per_token":
             return _DYNAMIC_LINEAR(x, w, b["weight_scale"], b["bias"], w_sum, self.act_mode, smooth,
