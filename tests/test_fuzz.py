@@ -57,13 +57,15 @@ def _run(category, one_case):
     rng = random.Random(f"torch_quant fuzz {category}")
     torch.manual_seed(rng.randrange(2**31))
     end = time.monotonic() + SECONDS * SHARES[category]
-    n = 0
+    n, outcomes = 0, {}
     while n < 5 or time.monotonic() < end:
         tq._C._set_cpu_isa(rng.choice(SUPPORTED_ISAS))
         torch.set_num_threads(rng.choice([1, 2]))
-        one_case(rng, n)
+        outcome = one_case(rng, n)
+        if outcome:
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
         n += 1
-    print(f"\nfuzz {category}: {n} cases")
+    print(f"\nfuzz {category}: {n} cases", outcomes or "")
     return n
 
 
@@ -270,13 +272,14 @@ def _file_case(rng, i, saved, tmp):
         tq.load(target, bad)
     except ValueError:
         _assert_untouched(target, snap)
-        return
+        return f"{kind}: rejected"
     finally:
         bad.unlink()
     # loaded: the corruption left a valid file (a weight code or a bias
     # value); the model is then a working quantized model
     y = target(torch.randn(3, 24))
     assert y.shape == (3, 5)
+    return f"{kind}: loaded"
 
 
 def _conversion_case(rng, i):
