@@ -247,17 +247,17 @@ def test_calibration_never_uses_evaluated_tokens(tiny, tmp_path, capsys):
     assert tq_eval.main(args) == 0
     # calibration batches are the tokens right after the evaluated ones
     seen = []
-    real = tq_eval.quantize_model
+    real = tq_eval.quantize_
 
-    def spy(m, *a, **kw):
-        seen.extend(torch.cat([b.flatten() for b in a[2]]).tolist())
-        return real(m, *a, **kw)
+    def spy(m, config, calibration_data, **kw):
+        seen.extend(torch.cat([b.flatten() for b in calibration_data]).tolist())
+        return real(m, config, calibration_data, **kw)
     try:
-        tq_eval.quantize_model = spy
+        tq_eval.quantize_ = spy
         args, out = _cli(tiny, tmp_path, "--modes", "w8a8-asymmetric")
         assert tq_eval.main(args) == 0
     finally:
-        tq_eval.quantize_model = real
+        tq_eval.quantize_ = real
     assert seen == _ids(*tiny)[160:208].tolist()
 
 

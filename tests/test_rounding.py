@@ -16,7 +16,7 @@ from torch.ao.quantization.observer import MinMaxObserver
 import torch_quant as tq
 from torch_quant import reference as ref
 
-from conftest import assert_same, using_isa  # noqa: F401  (isa fixture from conftest)
+from conftest import assert_same
 
 
 def _zero_point_ties(bits: int, count: int = 24):

@@ -1,4 +1,4 @@
-"""``quantize_model``: replace a model's linear layers by ``QuantLinear`` (SPEC.md §4).
+"""``quantize_``: replace a model's linear layers by ``QuantLinear`` as a ``QuantConfig`` says.
 
 Calibration (when ``calibration_data`` is given) runs the float model once over
 the data with a forward pre-hook on every layer to be replaced. Each hook keeps
@@ -19,13 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from . import ops, reference
-from .nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_setting, float_weight_and_bias,
-                 is_conv1d, largest_hadamard_block, rotated_weight)
-from .smoothing import (SEARCH_ALPHAS, STATIC_MAX_ALPHA, SmoothGroup, choose_alpha,
-                        choose_rotation, find_groups, fold, probe_batch, smoothing_factors)
+from .config import QuantConfig
+from .nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d,
+                 largest_hadamard_block, rotated_weight)
+from .smoothing import (SmoothGroup, choose_alpha, choose_rotation, find_groups, fold,
+                        probe_batch, smoothing_factors)
 from .smoothing import _flat_outputs, _run  # model(batch) for a tensor, tuple/list or dict batch
 
-__all__ = ["quantize_model", "smooth_model"]
+__all__ = ["quantize_", "quantize_model", "smooth_model"]
 
 # act_mode="auto" converts each layer both ways and keeps the mode whose
 # output on the layer's sampled calibration inputs (int8 weight, activations
@@ -288,98 +289,40 @@ def _output_mse(layer: nn.Module, q: QuantLinear, rows: Tensor) -> float:
     return float((y_q.double() - y.double()).pow(2).mean())
 
 
-def quantize_model(
-    model: nn.Module,
-    act_mode: str = "symmetric",
-    act_granularity: str = "per_token",
-    calibration_data: Optional[Iterable] = None,
-    skip: Union[None, str, Sequence[str]] = None,
-    *,
-    percentile: Optional[float] = None,
-    smoothing: Union[None, str, float] = "auto",
-    progress: bool = True,
-) -> nn.Module:
-    """Replace every ``nn.Linear`` and Hugging Face ``Conv1D`` of ``model`` by a
-    :class:`QuantLinear`, in place, and return ``model``.
+def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
+              calibration_data: Optional[Iterable] = None, *, progress: bool = True) -> nn.Module:
+    """Replace every ``nn.Linear`` and Hugging Face ``Conv1D`` of ``model``
+    (but those ``config.skip`` names) by a :class:`QuantLinear`, in place, as
+    ``config`` (a :class:`QuantConfig`, default ``QuantConfig()``) says;
+    returns ``model``.
 
-    Args:
-        act_mode: "symmetric", "asymmetric", or "auto": per layer, the mode
-            whose output on the layer's calibration inputs is closer to the
-            float layer's (mean squared error; a tie keeps symmetric). Inputs
-            after ReLU, or otherwise one-sided, go asymmetric. "auto" needs
-            ``calibration_data``; the errors are in the layer's report.
-        act_granularity: "per_token" (dynamic: scale per row, computed on
-            every call) or "per_tensor" (static: one scale and zero point per
-            layer from ``calibration_data``, which it needs).
-        calibration_data: an iterable of batches, each a tensor
-            (``model(x)``), a tuple or list (``model(*batch)``) or a dict
-            (``model(**batch)``), run once without gradients. Optional for
-            per-token symmetric/asymmetric; when given, the report also has
-            activation statistics.
-        skip: module names or glob patterns (``fnmatch``) to leave in float,
-            e.g. ``"lm_head"`` or ``"*.mlp.*"``.
-        percentile: static ranges from these percentiles of the calibration
-            inputs (e.g. 99.99: the range [p0.01, p99.99]) instead of min and
-            max, clipping outliers. Only for ``act_granularity="per_tensor"``.
-        smoothing: activation smoothing (torch_quant.smoothing): "search"
-            (per group of layers sharing an input, the alpha among
-            ``SEARCH_ALPHAS`` or none whose layer outputs on the calibration
-            rows are closest to float), a fixed alpha in [0, 1], or None /
-            "off". The default "auto" is "search" when ``calibration_data``
-            is given and off otherwise. Factors are folded into the
-            preceding norm or linear layer where the model's behaviour shows
-            that to be exact (the float model's weights change; its outputs do
-            not, beyond rounding), else applied in the layer's quantize step.
-        progress: show a progress bar during calibration.
-    """
-    where = "tq.quantize_model"
-    check_setting(where, "act_mode", act_mode, (*ACT_MODES, "auto"))
-    check_setting(where, "act_granularity", act_granularity, ACT_GRANULARITIES)
+    ``calibration_data``: an iterable of batches, each a tensor
+    (``model(x)``), a tuple or list (``model(*batch)``) or a dict
+    (``model(**batch)``), run once without gradients. Needed for static
+    (per-tensor) activations, ``act_mode="auto"`` and a smoothing search or
+    alpha; optional otherwise (then the report also has activation
+    statistics, and smoothing "auto" searches). ``progress``: a progress bar
+    during calibration.
+
+    Every target layer is checked first (device, dtype, finite weights, K
+    within the exact limit): an error names the layer and leaves the model
+    as it was."""
+    where = "tq.quantize_"
+    if config is None:
+        config = QuantConfig()
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"{where}: config must be a tq.QuantConfig, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"{where}: model must be an nn.Module, got {type(model).__name__}")
-    if skip is None:
-        skip = ()
-    elif isinstance(skip, str):
-        skip = (skip,)
-    else:
-        try:
-            skip = tuple(skip)
-        except TypeError:
-            raise TypeError(f"{where}: skip must be a string or a sequence of strings, got "
-                            f"{type(skip).__name__}") from None
-        if not all(isinstance(s, str) for s in skip):
-            raise TypeError(f"{where}: skip must be a string or a sequence of strings, got "
-                            f"{skip!r}")
-    if percentile is not None:
-        if act_granularity != "per_tensor":
-            raise ValueError(f"{where}: percentile applies to act_granularity='per_tensor' "
-                             f"(per-token ranges are taken from each row)")
-        if not isinstance(percentile, (int, float)) or not 50.0 < percentile <= 100.0:
-            raise ValueError(f"{where}: percentile must be in (50, 100], got {percentile!r}")
-    alphas: Optional[list] = None
-    if isinstance(smoothing, bool) or not (smoothing is None or isinstance(smoothing, (str, int, float))):
-        raise ValueError(f"{where}: smoothing must be 'auto', 'search', 'off', None or an alpha "
-                         f"in [0, 1], got {smoothing!r}")
-    if isinstance(smoothing, str):
-        check_setting(where, "smoothing", smoothing, ("auto", "search", "off"))
-        if smoothing == "search" or (smoothing == "auto" and calibration_data is not None):
-            alphas = [None, *(a for a in SEARCH_ALPHAS
-                              if act_granularity == "per_token" or a <= STATIC_MAX_ALPHA)]
-    elif smoothing is not None:
-        if not (math.isfinite(smoothing) and 0.0 <= smoothing <= 1.0):
-            raise ValueError(f"{where}: smoothing alpha must be in [0, 1], got {smoothing!r}")
-        alphas = [float(smoothing)]
-    needs = []
-    if alphas is not None and smoothing != "auto":
-        needs.append(f"smoothing={smoothing!r}")
-    if act_mode == "auto":
-        needs.append("act_mode='auto'")
-    if act_granularity == "per_tensor":
-        needs.append("act_granularity='per_tensor'")
+    needs = config.needs_calibration()
     if calibration_data is None and needs:
         verb = "needs" if len(needs) == 1 else "need"
         raise ValueError(f"{where}: {' and '.join(needs)} {verb} calibration_data "
                          f"(an iterable of input batches)")
+    act_mode, act_granularity = config.act_mode, config.act_granularity
+    percentile = config.percentile
+    alphas = config.smoothing_alphas(calibration_data is not None)
+    skip = config.skip
 
     if isinstance(model, nn.Linear) or is_conv1d(model):
         raise TypeError(f"{where}: model is itself a linear layer and cannot be replaced in "
@@ -495,6 +438,17 @@ def quantize_model(
     return model
 
 
+def quantize_model(model: nn.Module, act_mode: str = "symmetric",
+                   act_granularity: str = "per_token", calibration_data: Optional[Iterable] = None,
+                   skip: Union[None, str, Sequence[str]] = None, *,
+                   percentile: Optional[float] = None, smoothing: Union[None, str, float] = "auto",
+                   progress: bool = True) -> nn.Module:
+    """``quantize_(model, QuantConfig(act_mode, act_granularity, smoothing, skip,
+    percentile), calibration_data)``: the same, with the settings as arguments."""
+    return quantize_(model, QuantConfig(act_mode, act_granularity, smoothing, skip, percentile),
+                     calibration_data, progress=progress)
+
+
 def _model_error(model: nn.Module, batch, reference_out: List[Tensor]) -> float:
     """Squared error of the model's outputs on ``batch`` over the reference's power."""
     with torch.no_grad():
@@ -583,7 +537,7 @@ def _warn_tied(model: nn.Module, layers: Dict[str, nn.Module]) -> None:
     for name, layer in layers.items():
         shared = [o for o in owners.get(id(layer.weight), []) if not o.startswith(name + ".")]
         if shared:
-            warnings.warn(f"tq.quantize_model: the weight of {name!r} is tied to {shared[0]!r}; "
+            warnings.warn(f"tq.quantize_: the weight of {name!r} is tied to {shared[0]!r}; "
                           f"its int8 copy unties them (calling tie_weights() afterwards would "
                           f"break the layer). Pass skip={name!r} to keep it in float.",
                           stacklevel=3)

@@ -65,7 +65,8 @@ def train_digits_mlp(x: torch.Tensor, y: torch.Tensor, seed: int = 0, steps: int
 
 
 def run_digits(args, log) -> dict:
-    from .convert import quantize_model
+    from .config import QuantConfig
+    from .convert import quantize_
     from .eval import MODES, Result, weight_bytes
 
     x_tr, y_tr, x_te, y_te = digits_data()
@@ -84,8 +85,9 @@ def run_digits(args, log) -> dict:
         m, qsecs = model, None
         if setting is not None:
             t0 = time.perf_counter()
-            m = quantize_model(copy.deepcopy(model), setting[0], setting[1], calib,
-                               skip=args.skip, smoothing=smoothing, progress=False)
+            m = quantize_(copy.deepcopy(model),
+                          QuantConfig(setting[0], setting[1], smoothing, args.skip), calib,
+                          progress=False)
             qsecs = time.perf_counter() - t0
         with torch.inference_mode():
             m(x_te[:8])  # warm-up

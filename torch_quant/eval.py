@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convert import quantize_model
+from .config import QuantConfig
+from .convert import quantize_
 from .report import quantization_report
 
 __all__ = ["MODES", "MODELS", "windows", "perplexity", "evaluate", "main"]
@@ -536,8 +537,8 @@ def quantized_copies(model: nn.Module, args, batches, log) -> Dict[str, Tuple[nn
         m = copy.deepcopy(model)
         # Calibration data also for per-token modes without smoothing: it
         # gives the report its activation statistics.
-        quantize_model(m, setting[0], setting[1], batches, skip=args.skip, smoothing=smoothing,
-                       progress=False)
+        quantize_(m, QuantConfig(setting[0], setting[1], smoothing, args.skip), batches,
+                  progress=False)
         out[mode] = (m, time.perf_counter() - t0)
         log(f"  {mode}: converted in {out[mode][1]:.1f} s")
     return out

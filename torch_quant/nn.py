@@ -124,7 +124,7 @@ class QuantLinear(nn.Module):
                    smooth: Optional[Tensor] = None, hadamard_block: int = 0) -> "QuantLinear":
         """Quantize an ``nn.Linear`` (or a Hugging Face ``Conv1D``, whose weight
         is stored transposed). ``per_tensor`` needs ``input_scale`` and
-        ``input_zero_point`` (from calibration, see ``tq.quantize_model``),
+        ``input_zero_point`` (from calibration, see ``tq.quantize_``),
         which apply to the smoothed input when ``smooth`` is given.
 
         ``smooth`` (``[in]``, finite, > 0): smoothing factors s. The layer then
@@ -152,7 +152,7 @@ class QuantLinear(nn.Module):
         if act_granularity == "per_tensor" and (input_scale is None or input_zero_point is None):
             raise ValueError("QuantLinear.from_float: act_granularity='per_tensor' needs "
                              "input_scale and input_zero_point (calibrate with "
-                             "tq.quantize_model(..., calibration_data=...))")
+                             "tq.quantize_(model, config, calibration_data))")
         with torch.inference_mode(False), torch.no_grad():
             w = weight.detach().float()
             if not torch.isfinite(w).all():

@@ -147,7 +147,7 @@ def dynamic_quantized_linear(
     ``smooth`` (floating ``[K]``, every value finite and > 0): the rows are
     multiplied by it first, ``x.float() * smooth`` rounded to float32, and
     that product is what is quantized (activation smoothing: the weight's
-    columns carry the inverse factors, see ``tq.quantize_model(smoothing=)``).
+    columns carry the inverse factors, see ``tq.QuantConfig(smoothing=)``).
 
     ``hadamard_block`` (0, or a power of two >= 2 dividing K): then each run
     of that many values of a (smoothed) row is multiplied by the Hadamard

@@ -1,4 +1,4 @@
-"""What ``quantize_model`` did, layer by layer: ``quantization_report``."""
+"""What ``quantize_`` did, layer by layer: ``quantization_report``."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def save(model: nn.Module, path: PathLike) -> None:
     layers = {name: _settings(q) for name, q in quantized_layers(model)}
     if not layers:
         raise ValueError("tq.save: the model has no QuantLinear layer; quantize it first "
-                         "(tq.quantize_model)")
+                         "(tq.quantize_)")
     tensors: Dict[str, Tensor] = {}
     aliases: Dict[str, str] = {}
     seen: Dict[tuple, str] = {}

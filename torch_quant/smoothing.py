@@ -1,4 +1,4 @@
-"""Activation smoothing for ``quantize_model`` (SmoothQuant: Xiao et al., 2023).
+"""Activation smoothing for ``quantize_`` (SmoothQuant: Xiao et al., 2023).
 
 A few input channels of a layer can carry values many times larger than the
 rest of the row (after the norms of a transformer), so one scale per token
