@@ -133,7 +133,7 @@ def _targets(model: nn.Module, skip: Sequence[str]) -> Dict[str, nn.Module]:
                 out[name] = module
     unused = [p for p in skip if p not in used]
     if unused:
-        warnings.warn(f"tq.quantize_model: skip pattern(s) {', '.join(map(repr, unused))} "
+        warnings.warn(f"tq.quantize_: skip pattern(s) {', '.join(map(repr, unused))} "
                       f"matched no linear layer", stacklevel=3)
     return out
 

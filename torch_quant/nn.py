@@ -104,16 +104,19 @@ class QuantLinear(nn.Module):
         with torch.inference_mode(False):
             w = torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
             self.register_buffer("weight", ops.pack_weight(w) if _packs(w.device) else w)
-            self.register_buffer("weight_scale", torch.ones(out_features, device=device))
+            # float32 whatever the default dtype (Hugging Face builds models
+            # under a bf16 / fp16 default)
+            f32 = dict(dtype=torch.float32, device=device)
+            self.register_buffer("weight_scale", torch.ones(out_features, **f32))
             self.register_buffer("weight_sum", torch.zeros(out_features, dtype=torch.int32,
                                                            device=device))
-            self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+            self.register_buffer("bias", torch.zeros(out_features, **f32) if bias else None)
             if act_granularity == "per_tensor":
-                self.register_buffer("input_scale", torch.ones((), device=device))
+                self.register_buffer("input_scale", torch.ones((), **f32))
                 self.register_buffer("input_zero_point",
                                      torch.zeros((), dtype=torch.int32, device=device))
             if smooth:
-                self.register_buffer("input_smooth", torch.ones(in_features, device=device))
+                self.register_buffer("input_smooth", torch.ones(in_features, **f32))
         # Conversion statistics for tq.quantization_report (not saved).
         self.stats: dict = {}
 
@@ -218,7 +221,20 @@ class QuantLinear(nn.Module):
                                else ops.unpack_weight(w, self.in_features))
 
     def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
+        # Buffers follow .to(device) / .cuda() / .cpu(), never a dtype change
+        # (model.half(), model.to(torch.bfloat16)): the scales, sums and bias
+        # stay float32 / int32 as the format defines them; only the input and
+        # output follow the input's dtype. A buffer whose dtype fn changes is
+        # moved from its original instead.
+        before = {k: t for k, t in self._buffers.items() if t is not None}
+
+        def keep_dtype(t):
+            out = fn(t)
+            for orig in before.values():
+                if orig is t and out.dtype != t.dtype:
+                    return t.to(out.device)
+            return out
+        super()._apply(keep_dtype, recurse)
         self._relayout()
         return self
 
