@@ -219,7 +219,7 @@ def test_mismatched_models(tmp_path):
     wrong = nn.Sequential(nn.Linear(17, 32), nn.ReLU(), nn.Linear(32, 7, bias=False),
                           nn.GELU(), nn.Linear(7, 5)).eval()
     snap = snapshot(wrong)
-    with pytest.raises(ValueError, match=r"tq\.load: layer '0'"):
+    with pytest.raises(ValueError, match=r"tq\.load: .*layer '0'"):
         tq.load(wrong, path)
     assert_untouched(wrong, snap)
     # quantized with other settings

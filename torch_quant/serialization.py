@@ -62,9 +62,7 @@ def save(model: nn.Module, path: PathLike) -> None:
                  if isinstance(m, QuantLinear)}
     for key, t in model.state_dict().items():
         t = t.detach()
-        src = packed_of.get(key, t)
-        ident = (src.device, src.untyped_storage().data_ptr(), src.storage_offset(),
-                 tuple(src.shape), tuple(src.stride()), src.dtype)
+        ident = _ident(packed_of.get(key, t))
         if t.numel() and ident in seen:
             aliases[key] = seen[ident]
             continue
@@ -84,6 +82,12 @@ def save(model: nn.Module, path: PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _ident(t: Tensor) -> tuple:
+    """What identifies a tensor's memory (tied tensors share it)."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+            tuple(t.stride()), t.dtype)
 
 
 def _check_metadata(layers: object, aliases: object) -> None:
@@ -163,6 +167,17 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
     module."""
     path = os.fspath(path)
     layers, tensors = _read(path)
+    return load_layers(model, layers, tensors, f"tq.load: {path}")
+
+
+def load_layers(model: nn.Module, layers: dict, tensors: Dict[str, Tensor], where: str,
+                tied_ok: bool = False) -> nn.Module:
+    """Load ``tensors`` (a whole state dict, our layout) into ``model``, whose
+    layers named in ``layers`` (name -> settings, as ``_settings`` gives
+    them) are quantized or become so: everything checked before anything
+    changes (ValueError starting with ``where``). ``tied_ok``: a key the file
+    lacks is taken from another key the model ties it to (formats that write
+    tied weights once)."""
 
     # A module registered under several names (model.a = model.b = Linear)
     # is recorded once, under its first name: it is replaced under all.
@@ -178,22 +193,22 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"tq.load: {path} has quantized layer {name!r}, which the model "
+            raise ValueError(f"{where} has quantized layer {name!r}, which the model "
                              f"does not have") from None
         if isinstance(module, QuantLinear):
             if _settings(module) != s:
-                raise ValueError(f"tq.load: layer {name!r} is quantized as {_settings(module)} "
-                                 f"in the model but as {s} in {path}")
+                raise ValueError(f"{where}: layer {name!r} is quantized as {_settings(module)} "
+                                 f"in the model but as {s} in the file")
             checked[name] = module
             continue
         if not (isinstance(module, nn.Linear) or is_conv1d(module)):
-            raise ValueError(f"tq.load: layer {name!r} is a {type(module).__name__}, not a "
+            raise ValueError(f"{where}: layer {name!r} is a {type(module).__name__}, not a "
                              f"linear layer")
         weight, bias = float_weight_and_bias(module)
         shape = {"in_features": weight.shape[1], "out_features": weight.shape[0],
                  "bias": bias is not None}
         if any(shape[k] != s[k] for k in shape):
-            raise ValueError(f"tq.load: layer {name!r} has {shape} in the model but {s} in {path}")
+            raise ValueError(f"{where}: layer {name!r} has {shape} in the model but {s} in the file")
         with torch.no_grad():
             q = QuantLinear(s["in_features"], s["out_features"], s["bias"], s["act_mode"],
                             s["act_granularity"], device=weight.device,
@@ -203,7 +218,7 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
         checked[name] = q
     extra = [n for n, _ in quantized_layers(model) if n not in layers]
     if extra:
-        raise ValueError(f"tq.load: the model has quantized layers that {path} does not: "
+        raise ValueError(f"{where}: the model has quantized layers that the file does not: "
                          f"{', '.join(extra[:5])}")
 
     # The state dict the model will have, checked key by key.
@@ -214,20 +229,29 @@ def load(model: nn.Module, path: PathLike) -> nn.Module:
     for name, q in replacements.items():
         for key, t in q.state_dict().items():
             expected[f"{name}.{key}"] = t
+    if tied_ok:  # a tied tensor written once: the model's other name for it
+        by_storage: Dict[tuple, str] = {}
+        for key, t in expected.items():
+            if key in tensors and t.numel():
+                by_storage.setdefault(_ident(t), key)
+        for key, t in expected.items():
+            other = by_storage.get(_ident(t)) if t.numel() else None
+            if key not in tensors and other is not None:
+                tensors[key] = tensors[other]
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"tq.load: {path} does not match the model: missing "
+        raise ValueError(f"{where} does not match the model: missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]}")
     for key, t in expected.items():
         got = tensors[key]
         if got.shape != t.shape or got.dtype != t.dtype:
-            raise ValueError(f"tq.load: {key!r} is {tuple(got.shape)} {got.dtype} in {path} but "
+            raise ValueError(f"{where}: {key!r} is {tuple(got.shape)} {got.dtype} in the file but "
                              f"{tuple(t.shape)} {t.dtype} in the model")
     # The values of every quantized layer (scales, zero points, weight sums).
     for name, q in checked.items():
         own = {b: tensors[f"{name}.{b}"] for b in q._buffers if f"{name}.{b}" in tensors}
-        q.check_state(own, f"tq.load: {path}", f"{name}.")
+        q.check_state(own, where, f"{name}.")
 
     for name, q in replacements.items():
         q.train(model.get_submodule(name).training)
