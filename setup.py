@@ -44,9 +44,11 @@ def extension():
     # compiled with OpenMP (ATen/ParallelOpenMP.h is header-only).
     link = ["-fopenmp"]
     if use_cuda(cuda_sources):
-        # Machine code for Ampere (sm_80) and Hopper (sm_90) unless the user
-        # names other architectures; torch would otherwise ask the (absent) GPU.
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # Machine code for Turing (sm_75: T4s), Ampere (sm_80) and Hopper
+        # (sm_90), and PTX of the newest, which the driver compiles for newer
+        # GPUs (Blackwell sm_100 / sm_120), unless the user names other
+        # architectures; torch would otherwise ask the (absent) GPU.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0;9.0+PTX")
         return CUDAExtension(
             "torch_quant._C",
             cpp_sources + cuda_sources,

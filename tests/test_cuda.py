@@ -7,8 +7,10 @@ machines have none, so they have only ever been compiled there."""
 from __future__ import annotations
 
 import copy
+import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -31,6 +33,43 @@ def test_build_has_cuda_when_it_can():
         pytest.skip("TORCH_QUANT_FORCE_CPU is set")
     expected = CUDA_HOME is not None and torch.version.cuda is not None
     assert tq._C._built_with_cuda() == expected
+
+
+def _cuobjdump():
+    """cuobjdump: on PATH, in CUDA_HOME, or from a pip package (NVIDIA's
+    nvidia-cuda-cuobjdump, or the copy triton bundles)."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    roots = [os.path.join(CUDA_HOME, "bin")] if CUDA_HOME else []
+    for site in {os.path.dirname(os.path.dirname(torch.__file__))}:
+        roots += glob.glob(os.path.join(site, "nvidia", "*", "bin"))
+        roots.append(os.path.join(site, "triton", "backends", "nvidia", "bin"))
+    for root in roots:
+        exe = os.path.join(root, "cuobjdump")
+        if os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return exe
+    return None
+
+
+def test_binary_has_sass_and_ptx():
+    """The CUDA build holds machine code (SASS) for every architecture of
+    TORCH_CUDA_ARCH_LIST (default 7.5;8.0;9.0+PTX) and PTX of the newest, so
+    that newer GPUs compile the kernels when they load them."""
+    if not tq._C._built_with_cuda():
+        pytest.skip("built without CUDA")
+    exe = _cuobjdump()
+    if exe is None:
+        pytest.skip("no cuobjdump")
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "7.5;8.0;9.0+PTX")
+    entries = [a.strip() for a in re.split(r"[;\s]+", arch_list) if a.strip()]
+    sass = {a.split("+")[0].replace(".", "") for a in entries}
+    ptx = {a.split("+")[0].replace(".", "") for a in entries if a.endswith("+PTX")}
+    lib = tq._C.__file__
+    elf = subprocess.run([exe, "--list-elf", lib], capture_output=True, text=True).stdout
+    listed = subprocess.run([exe, "--list-ptx", lib], capture_output=True, text=True).stdout
+    assert sass <= set(re.findall(r"sm_(\d+)\.cubin", elf)), elf
+    assert ptx <= set(re.findall(r"(?:sm|compute)_(\d+)\.ptx", listed)), listed
 
 
 @pytest.mark.parametrize("op", OPS)
