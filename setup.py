@@ -10,6 +10,7 @@ TORCH_QUANT_FORCE_CPU=1 to build the CPU-only extension regardless.
 
 import glob
 import os
+import re
 
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import (
@@ -49,10 +50,14 @@ def extension():
         # GPUs (Blackwell sm_100 / sm_120), unless the user names other
         # architectures; torch would otherwise ask the (absent) GPU.
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0;9.0+PTX")
+        # recorded in the library (_C._cuda_arch_list()) for the test that
+        # lists its SASS and PTX; '_'-joined, a macro with no quotes or ';'
+        archs = "_".join(a for a in re.split(r"[;\s]+", os.environ["TORCH_CUDA_ARCH_LIST"]) if a)
         return CUDAExtension(
             "torch_quant._C",
             cpp_sources + cuda_sources,
-            extra_compile_args={"cxx": cxx + ["-DTORCH_QUANT_WITH_CUDA"],
+            extra_compile_args={"cxx": cxx + ["-DTORCH_QUANT_WITH_CUDA",
+                                              f"-DTORCH_QUANT_CUDA_ARCHS={archs}"],
                                 "nvcc": ["-O3", "-DTORCH_QUANT_WITH_CUDA"]},
             extra_link_args=link,
         )

@@ -95,9 +95,6 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
                             const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& w_sum);
 
-// The activation-side arguments of quantized_linear: x_q int8 or uint8 with at
-// least one dim; x_scale floating and x_zero_point integer, both with one
-// element or the shape x_q.shape[:-1].
 // The values of w_sum (int32 [N], next to a plain [N, K] w_q on the CPU) are
 // w_q's row sums: else an error naming the first wrong one. One pass over the
 // weight, on every call that passes w_sum, so that no result ever depends on
@@ -105,6 +102,9 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
 // holds sums computed once by pack_weight and takes no w_sum.
 void check_weight_sum_values(const char* op, const at::Tensor& w_q, const at::Tensor& w_sum);
 
+// The activation-side arguments of quantized_linear: x_q int8 or uint8 with at
+// least one dim; x_scale floating and x_zero_point integer, both with one
+// element or the shape x_q.shape[:-1].
 void check_linear_activation(const char* op, const at::Tensor& x_q,
                              const at::Tensor& x_scale, const at::Tensor& x_zero_point);
 

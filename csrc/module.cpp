@@ -36,6 +36,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
         },
         "Whether this build has the CUDA kernels (csrc/cuda).");
+  m.def("_cuda_arch_list",
+        [] {
+#ifdef TORCH_QUANT_CUDA_ARCHS  // setup.py: TORCH_CUDA_ARCH_LIST, entries joined by '_'
+#define TQ_STRINGIFY2(x) #x
+#define TQ_STRINGIFY(x) TQ_STRINGIFY2(x)
+          return std::string(TQ_STRINGIFY(TORCH_QUANT_CUDA_ARCHS));
+#else
+          return std::string();
+#endif
+        },
+        "The TORCH_CUDA_ARCH_LIST this build compiled for, entries joined by '_' "
+        "(empty without CUDA).");
   m.def("_kernel_peaks",
         [](double seconds) {
           std::map<std::string, double> out;

@@ -180,3 +180,28 @@ def test_bf16_checkpoint_tensors_load(tmp_path):
         got = fresh.get_submodule(name)
         assert got.weight_scale.dtype == torch.float32
         assert torch.equal(got.weight_scale, layer.weight_scale)
+
+
+def test_a_layer_shared_under_two_names_round_trips(tmp_path):
+    from torch import nn
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b = self.a
+            self.c = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.c(self.b(torch.relu(self.a(x))))
+
+    torch.manual_seed(0)
+    q = tq.quantize_(Shared().eval(), tq.QuantConfig(smoothing="off"))
+    save_compressed_tensors(q, tmp_path)
+    from safetensors.torch import load_file
+    assert not any(k.startswith("b.") for k in load_file(tmp_path / "model.safetensors"))
+    fresh = Shared().eval()
+    load_compressed_tensors(fresh, tmp_path)
+    assert isinstance(fresh.a, tq.QuantLinear) and fresh.a is fresh.b
+    x = torch.randn(4, 8)
+    assert torch.equal(fresh(x), q(x))

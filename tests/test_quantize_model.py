@@ -1103,3 +1103,15 @@ def test_from_float_under_inference_mode_makes_normal_tensors(gen):
     for name, b in [*q.named_buffers(), *model.named_buffers()]:
         assert not b.is_inference(), name
     assert not q.weight.is_inference()
+
+
+def test_from_float_checks_the_parameters_it_is_given():
+    """Static parameters are checked where the layer is made, as load_state_dict
+    checks them (a symmetric layer's zero point is 0)."""
+    lin = nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="from_float: input_scale must be finite and > 0"):
+        QuantLinear.from_float(lin, "symmetric", "per_tensor", input_scale=torch.tensor(0.0),
+                               input_zero_point=torch.tensor(0))
+    with pytest.raises(ValueError, match=r"from_float: input_zero_point must be in \[0, 0\]"):
+        QuantLinear.from_float(lin, "symmetric", "per_tensor", input_scale=torch.tensor(0.1),
+                               input_zero_point=torch.tensor(3))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from . import __version__
 from .convert import quantized_layers
 from .nn import QuantLinear, float_weight_and_bias, is_conv1d
-from .serialization import _ident, load_layers
+from .serialization import _held_tensors, _ident, load_layers
 
 __all__ = ["save_compressed_tensors", "load_compressed_tensors", "compressed_tensors_config"]
 
@@ -95,22 +95,24 @@ def save_compressed_tensors(model: nn.Module, directory: PathLike) -> None:
     from safetensors.torch import save_file
 
     config = compressed_tensors_config(model)
-    quantized = {f"{n}." for n, _ in quantized_layers(model)}
+    quantized = {f"{n}." for n, m in model.named_modules(remove_duplicate=False)
+                 if isinstance(m, QuantLinear)}
+    held = _held_tensors(model)
     tensors: Dict[str, Tensor] = {}
     seen = set()
     for key, t in model.state_dict().items():
         prefix, _, buffer = key.rpartition(".")
-        if f"{prefix}." in quantized:
-            if buffer in ("weight_sum",):
-                continue
-            if buffer == "weight_scale":
-                t = t.reshape(-1, 1)
+        is_quant = f"{prefix}." in quantized
+        if is_quant and buffer == "weight_sum":
+            continue
         t = t.detach()
-        ident = _ident(t)
+        ident = _ident(held.get(key, t))
         if t.numel() and ident in seen:
-            continue  # tied: written once
+            continue  # tied, or a layer under two names: written once
         seen.add(ident)
-        tensors[key] = t.cpu().float().contiguous() if buffer == "weight_scale" else t.cpu().contiguous()
+        if is_quant and buffer == "weight_scale":
+            t = t.float().reshape(-1, 1)
+        tensors[key] = t.cpu().clone().contiguous()
     os.makedirs(directory, exist_ok=True)
     cfg = model.config.to_dict() if hasattr(getattr(model, "config", None), "to_dict") else {}
     cfg["quantization_config"] = config

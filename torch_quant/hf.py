@@ -156,13 +156,17 @@ class TorchQuantHfQuantizer(HfQuantizer):
             raise ValueError("torch_quant: offloading layers to disk is not supported")
 
     def _skip(self, model) -> list:
+        """The skip patterns: the config's, or transformers' defaults for every
+        method (the output head, tied weights), and the linear layers the
+        model keeps in float32 (``_keep_in_fp32_modules``: transformers takes
+        each entry as a fragment of the name, e.g. T5's "wo")."""
         c = self.quantization_config
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         keep32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
+        fp32 = [n for n in linear if any(k in n for k in keep32)]
         if c.skip is not None:
-            return [*c.skip, *keep32]
-        linear = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        defaults = [n for n in get_keys_to_not_convert(model) if n in linear]
-        return [*defaults, *keep32]
+            return [*c.skip, *fp32]
+        return [*(n for n in get_keys_to_not_convert(model) if n in set(linear)), *fp32]
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         c = self.quantization_config

@@ -172,6 +172,8 @@ class QuantLinear(nn.Module):
             if act_granularity == "per_tensor":
                 q.input_scale.copy_(torch.as_tensor(input_scale, dtype=torch.float32))
                 q.input_zero_point.copy_(torch.as_tensor(input_zero_point, dtype=torch.int32))
+        # the parameters made here, checked as load_state_dict checks them
+        q.check_state({}, "QuantLinear.from_float")
         return q
 
     def forward(self, x: Tensor) -> Tensor:
@@ -185,7 +187,8 @@ class QuantLinear(nn.Module):
         w = b["weight"]
         # No w_sum: a packed weight holds its sums, and with a plain one (CUDA)
         # the op would check a given w_sum with a pass over the weight, the
-        # same pass that computes the sums when it needs them (asymmetric).
+        # same pass that computes the sums when it needs them (CUDA: uint8
+        # activations, and static ones, whose zero point it does not read).
         w_sum = None
         smooth = b.get("input_smooth")
         if self.act_granularity == "per_token":

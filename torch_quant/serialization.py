@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -57,9 +57,7 @@ def save(model: nn.Module, path: PathLike) -> None:
     # A QuantLinear's state_dict weight is unpacked anew on every call: know
     # it by the packed buffer it comes from, so that a layer registered under
     # two names is still written once.
-    packed_of = {f"{name}.weight" if name else "weight": m.weight
-                 for name, m in model.named_modules(remove_duplicate=False)
-                 if isinstance(m, QuantLinear)}
+    packed_of = _held_tensors(model)
     for key, t in model.state_dict().items():
         t = t.detach()
         ident = _ident(packed_of.get(key, t))
@@ -82,6 +80,21 @@ def save(model: nn.Module, path: PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _held_tensors(model: nn.Module, replacements: Optional[Dict[str, QuantLinear]] = None
+                  ) -> Dict[str, Tensor]:
+    """The buffer each QuantLinear weight's state-dict entry comes from (its
+    state_dict unpacks a packed weight anew on every call): what identifies
+    it, so that a layer under two names is known as one."""
+    held = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        m = (replacements or {}).get(name, m)
+        if isinstance(m, QuantLinear):
+            held[f"{name}.weight" if name else "weight"] = m.weight
+    for name, q in (replacements or {}).items():
+        held[f"{name}.weight"] = q.weight
+    return held
 
 
 def _ident(t: Tensor) -> tuple:
@@ -229,13 +242,16 @@ def load_layers(model: nn.Module, layers: dict, tensors: Dict[str, Tensor], wher
     for name, q in replacements.items():
         for key, t in q.state_dict().items():
             expected[f"{name}.{key}"] = t
-    if tied_ok:  # a tied tensor written once: the model's other name for it
+    if tied_ok:  # a tensor written once for several names: the model's other name
+        held = _held_tensors(model, replacements)
+        idents = {k: _ident(held.get(k, t)) for k, t in expected.items()
+                  if t.numel() and t.device.type != "meta"}
         by_storage: Dict[tuple, str] = {}
-        for key, t in expected.items():
-            if key in tensors and t.numel():
-                by_storage.setdefault(_ident(t), key)
-        for key, t in expected.items():
-            other = by_storage.get(_ident(t)) if t.numel() else None
+        for key, ident in idents.items():
+            if key in tensors:
+                by_storage.setdefault(ident, key)
+        for key, ident in idents.items():
+            other = by_storage.get(ident)
             if key not in tensors and other is not None:
                 tensors[key] = tensors[other]
     missing = sorted(set(expected) - set(tensors))

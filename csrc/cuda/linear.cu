@@ -244,13 +244,17 @@ at::Tensor linear(const at::Tensor& x_q, const at::Tensor& x_scale, const at::Te
   const int64_t M = K == 0 ? c10::multiply_integers(x_q.sizes().slice(0, x_q.dim() - 1))
                            : x_q.numel() / K;
   at::Tensor y = at::empty(out_shape, x_q.options().dtype(out_dtype));
+  // A given w_sum is checked on every call, as on the CPU, even without rows.
+  at::Tensor sums;
+  if (w_sum.has_value()) {
+    sums = w.sum(1, /*keepdim=*/false, at::kInt);
+    check_weight_sums_on_device(*w_sum, sums);
+  }
   if (M == 0 || N == 0) return y;
   const bool a_signed = x_q.scalar_type() == at::kChar;
   // uint8 activations enter both GEMMs as x - 128: w_sum takes it back.
   need_sums = need_sums || !a_signed;
-  at::Tensor sums;
-  if (need_sums || w_sum.has_value()) sums = w.sum(1, /*keepdim=*/false, at::kInt);
-  if (w_sum.has_value()) check_weight_sums_on_device(*w_sum, sums);
+  if (need_sums && !sums.defined()) sums = w.sum(1, /*keepdim=*/false, at::kInt);
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const Epilogue ep{x_scale.const_data_ptr<float>(),
                     x_zp.const_data_ptr<int32_t>(),
