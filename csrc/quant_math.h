@@ -1,5 +1,6 @@
 // Scalar quantization math shared by the CPU kernels (scalar path and vector
-// tails) and the CUDA kernels. Everything here is float32, as SPEC.md §1 asks,
+// tails) and the CUDA kernels. Everything here is float32, as the contract
+// (docs/semantics.md, "Modes and rounding") asks,
 // so a CPU test of these functions is a test of what the GPU computes too.
 #pragma once
 
@@ -92,7 +93,7 @@ TQ_HOST_DEVICE float smoothed(float x, float factor) {
 // float32. That order is the contract: the CUDA path and reference.py run the
 // same stages, so all give the same bits. The rotation spreads a few large
 // channels over the whole block, which per-token quantization handles far
-// better (README, "Accuracy").
+// better (docs/conversion.md, "Quantize a model").
 //
 // hadamard_stages runs the stages h_from <= h < h_to (powers of two) on n
 // values (n a multiple of 2 * the last h); a whole rotation is h = 1 .. b/2.

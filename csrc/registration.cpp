@@ -1,4 +1,4 @@
-// Every schema of the torch_quant namespace, in one place (SPEC.md §3).
+// Every schema of the torch_quant namespace, in one place (docs/semantics.md, "Operators").
 // Backends register implementations with TORCH_LIBRARY_IMPL in csrc/cpu/ and
 // csrc/cuda/; fake (meta) kernels live in torch_quant/ops.py.
 #include <torch/library.h>

@@ -1,4 +1,4 @@
-"""Numerics of quantized_linear and dynamic_quantized_linear on CPU (SPEC.md §3).
+"""Numerics of quantized_linear and dynamic_quantized_linear on CPU (docs/semantics.md, "Operators").
 
 Oracle (written out here, not taken from the extension):
 
@@ -84,7 +84,7 @@ def ref_dot(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
 
 
 def ref_linear(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, out_dtype=None, dot=None):
-    """The SPEC §3 formula (torch_quant.reference); `dot` (from ref_dot) saves the GEMM."""
+    """The docs/semantics.md ("Operators") formula (torch_quant.reference); `dot` (from ref_dot) saves the GEMM."""
     return ref.quantized_linear(x_q, x_scale, x_zero_point, w_q, w_scale, bias,
                                 out_dtype=out_dtype, dot=dot)
 
@@ -564,7 +564,7 @@ def test_dynamic_equals_composite(isa, gen, shape, dtype, mode):
 def test_dynamic_rows_with_overflowing_range(isa, dtype, mode):
     """A row holding +max and -max of its dtype: for float32 / bfloat16 x,
     hi - lo overflows float32. The fused op must still equal the composite:
-    the same result, or the same error when the composite raises (SPEC §3:
+    the same result, or the same error when the composite raises (docs/semantics.md ("Operators"):
     never a silent wrong result)."""
     fmax = torch.finfo(dtype).max
     x = torch.tensor([[fmax, -fmax, 1.0, 0.0], [1.0, -2.0, 3.0, 0.5]], dtype=dtype)
@@ -585,7 +585,7 @@ def test_dynamic_rows_with_overflowing_range(isa, dtype, mode):
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f16", "bf16"])
 @pytest.mark.parametrize("shape", [(6, 37), (2, 3, 70), (9, 1025), (1, 1), (0, 17)], ids=str)
 def test_dynamic_smooth_quantizes_the_product(isa, gen, shape, dtype, mode):
-    """smooth: the op quantizes x.float() * smooth per token (SPEC's
+    """smooth: the op quantizes x.float() * smooth per token (the contract's
     quantize_per_token applied to that float32 product), bit for bit."""
     K, N = shape[-1], 23
     x = (torch.randn(shape, generator=gen) * 3).to(dtype)

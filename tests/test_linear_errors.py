@@ -1,4 +1,4 @@
-"""Bad input to quantized_linear / dynamic_quantized_linear (SPEC.md §3) raises a
+"""Bad input to quantized_linear / dynamic_quantized_linear (docs/semantics.md, "Operators") raises a
 RuntimeError whose message names the op and the argument; never a crash, never
 a silent wrong result. The fake (meta) kernels reject the same metadata errors."""
 
@@ -236,7 +236,7 @@ def test_messages_state_expectation():
 
 
 def test_act_mode_error_names_the_argument():
-    """SPEC §3: the message names the argument. The schema's argument is
+    """docs/semantics.md ("Operators"): the message names the argument. The schema's argument is
     `act_mode`; a message that says only "mode" names no argument of this op.
     Checked for the real and the fake kernel."""
     with raises(DQL, "act_mode"):

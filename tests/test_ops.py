@@ -1,7 +1,7 @@
-"""Numerics of the torch_quant operators (SPEC.md §1-3).
+"""Numerics of the torch_quant operators (docs/semantics.md, "Modes and rounding" and "Operators").
 
 Oracles: ``torch.quantize_per_tensor`` / ``quantize_per_channel`` (see the note
-on double rounding below), ``torch_quant.reference`` and the SPEC formulas
+on double rounding below), ``torch_quant.reference`` and the formulas of docs/semantics.md
 written out here in numpy float32. Most tests run once per CPU kernel path
 (the ``isa`` fixture).
 
@@ -53,7 +53,7 @@ def f32(v) -> float:
 
 
 # ---------------------------------------------------------------------------
-# SPEC §1 worked examples
+# docs/semantics.md, "Modes and rounding": worked examples
 
 
 def test_worked_example_symmetric(isa):
@@ -534,7 +534,7 @@ def test_dequantize_half_output_is_float_result_cast(isa, gen, dtype, granularit
 
 
 def _formula_qparams(lo: float, hi: float, mode: str, bits: int):
-    """SPEC §1 in numpy float32 scalars (independent of torch)."""
+    """docs/semantics.md ("Modes and rounding") in numpy float32 scalars (independent of torch)."""
     qmin, qmax = qrange(mode, bits)
     eps = F32(FLT_EPSILON)
     lo, hi = min(F32(lo), F32(0)), max(F32(hi), F32(0))

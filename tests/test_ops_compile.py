@@ -1,5 +1,5 @@
 """The ops work with torch.library.opcheck, torch.compile(fullgraph=True) and
-torch.export (SPEC.md §3: every op has a fake implementation)."""
+torch.export (docs/semantics.md, "Operators": every op has a fake implementation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad input (SPEC.md §3) raises a RuntimeError (or ValueError) whose message
+"""Bad input (docs/semantics.md, "Operators") raises a RuntimeError (or ValueError) whose message
 names the op and the argument; never a crash, never a silent wrong result."""
 
 from __future__ import annotations

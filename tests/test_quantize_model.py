@@ -1,4 +1,4 @@
-"""The model-conversion API (SPEC.md §4): ``QuantLinear``, ``quantize_model``
+"""The model-conversion API (docs/semantics.md, "Python API"): ``QuantLinear``, ``quantize_model``
 (calibration, ``act_mode="auto"``, ``skip``), ``quantization_report`` /
 ``format_report``, and converted models under ``torch.compile`` and
 ``torch.inference_mode``.
@@ -8,7 +8,7 @@ Oracles that are not ours, wherever there is one:
 * weight codes: ``torch.quantize_per_channel`` (with a scale recomputed here
   from ``max|w| / 127``);
 * static activation qparams: ``torch.ao.quantization.MinMaxObserver`` (its
-  affine and, with ``quant_min=-127``, its symmetric formula are those of SPEC
+  affine and, with ``quant_min=-127``, its symmetric formula are those of docs/semantics.md
   §1), fed with layer inputs captured by forward pre-hooks of our own on a float
   copy of the model;
 * fake quantization for the ``auto`` errors and the SQNRs: ``torch.quantize_per_tensor``
@@ -56,7 +56,7 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def observer_qparams(x: torch.Tensor, mode: str):
     """(scale, zero_point) of ``x``'s min/max by torch's MinMaxObserver:
     affine quint8 for asymmetric; symmetric qint8 over [-127, 127] (so that
-    its step is max|x| / 127, as in SPEC §1) for symmetric."""
+    its step is max|x| / 127, as in docs/semantics.md ("Modes and rounding")) for symmetric."""
     if mode == "asymmetric":
         obs = MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
     else:
@@ -74,7 +74,7 @@ def torch_fake_quant_tensor(x: torch.Tensor, scale, zero_point, mode: str) -> to
 
 def torch_fake_quant_rows(rows: torch.Tensor, mode: str) -> torch.Tensor:
     """Per-token (per row) quantize + dequantize with torch's per-channel
-    quantizer over axis 0; the row qparams written out from SPEC §1."""
+    quantizer over axis 0; the row qparams written out from docs/semantics.md ("Modes and rounding")."""
     rows = rows.float()
     if mode == "symmetric":
         scale = (rows.abs().amax(1) / 127.0).clamp(min=EPS)
@@ -190,7 +190,7 @@ def test_from_float_buffers(gen, K, bias, granularity):
     assert q.plain_weight().shape == (N, K)
     assert q.weight_scale.dtype == torch.float32 and q.weight_scale.shape == (N,)
     assert q.weight_sum.dtype == torch.int32 and q.weight_sum.shape == (N,)
-    # scale from SPEC §1, written out: max|w| / 127 per output channel
+    # scale from docs/semantics.md ("Modes and rounding"), written out: max|w| / 127 per output channel
     w = lin.weight.detach()
     assert_same(q.weight_scale, (w.abs().amax(1) / 127.0).clamp(min=EPS), "weight_scale")
     # codes: torch's own per-channel quantizer with that scale, zero point 0
@@ -1002,7 +1002,7 @@ def test_report_hand_computed(granularity):
     assert abs(r.act_range_utilization - 203.2 / 255) < 1e-6
     # float32 weight [1, 2] + bias [1]
     assert r.weight_bytes_before == 4 * (2 + 1)
-    # SPEC §4 buffers: int8 weight [N, K], float32 scale [N], int32 sum [N],
+    # docs/semantics.md ("Python API") buffers: int8 weight [N, K], float32 scale [N], int32 sum [N],
     # float32 bias [N], + 0-dim float32 input_scale and int32 zero point
     N, K = 1, 2
     expected_after = N * K + 4 * N + 4 * N + 4 * N + (8 if granularity == "per_tensor" else 0)

@@ -1,4 +1,4 @@
-"""Saving quantized models (SPEC.md §4): state_dict with torch.load(weights_only=True),
+"""Saving quantized models (docs/semantics.md, "Python API"): state_dict with torch.load(weights_only=True),
 tq.save / tq.load with safetensors, and bad files that must leave the model untouched."""
 
 from __future__ import annotations

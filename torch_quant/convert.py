@@ -236,7 +236,7 @@ def _in_features(layer: nn.Module) -> int:
 
 def static_qparams(lo: float, hi: float, mode: str):
     """Per-tensor (scale, zero_point) of the range [lo, hi], computed by the op
-    itself so that the rules of SPEC §1 apply (range widened to contain 0)."""
+    itself so that the rules of docs/semantics.md ("Modes and rounding") apply (range widened to contain 0)."""
     return ops.choose_qparams(torch.tensor([lo, hi], dtype=torch.float32), mode)
 
 

@@ -1,4 +1,4 @@
-"""Accuracy of a model in fp32 and W8A8 modes (SPEC.md §5).
+"""Accuracy of a model in fp32 and W8A8 modes (docs/evaluation.md).
 
     python -m torch_quant.eval                          # SmolLM2-135M on Jane Austen
     python -m torch_quant.eval --model gemma3-270m      # Gemma 3 270M (make eval-data)

@@ -1,4 +1,5 @@
-"""``QuantLinear``: a linear layer with int8 weights and quantized activations (SPEC.md §4).
+"""``QuantLinear``: a linear layer with int8 weights and quantized activations
+(docs/semantics.md, "Python API").
 
 Weights are quantized once, symmetrically per output channel (int8, zero point
 0, ``scale[n] = max_k |w[n, k]| / 127``), and held once: on CPU packed for the

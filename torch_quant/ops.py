@@ -1,7 +1,8 @@
 """Typed wrappers of the ``torch.ops.torch_quant`` operators, and their fake
 (meta) kernels for ``torch.compile``, ``torch.export`` and ``opcheck``.
 
-The schemas are in ``csrc/registration.cpp``; the semantics in SPEC.md §1-3.
+The schemas are in ``csrc/registration.cpp``; the semantics in docs/semantics.md
+("Modes and rounding" and "Operators").
 All arithmetic is float32. For b-bit codes:
 
 * symmetric:  int8 codes in [-2^(b-1), 2^(b-1)-1], zero_point 0,

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference of every torch_quant op: the tests' oracle.
 
-Written for clarity, not speed, from SPEC.md and the README's notes on
+Written for clarity, not speed, from docs/semantics.md and its notes on
 rounding; it shares no code with the C++ kernels. All arithmetic is float32,
 except where a single rounding of ``x * inv_scale + zero_point`` is needed:
 that product and sum are formed exactly in wider arithmetic and rounded once to
@@ -154,7 +154,7 @@ def quantized_linear(
     out_dtype: Optional[torch.dtype] = None,
     dot: Optional[Tensor] = None,
 ) -> Tensor:
-    """SPEC §3: acc = x_q @ w_q.T - x_zero_point * w_sum in int64 (checked to
+    """docs/semantics.md ("Operators"): acc = x_q @ w_q.T - x_zero_point * w_sum in int64 (checked to
     fit int32), y = float32(acc) * float32(x_scale * w_scale) (+ bias). `dot`,
     the int64 product x_q @ w_q.T as [M, N], may be passed to save recomputing it."""
     N, K = w_q.shape

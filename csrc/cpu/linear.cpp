@@ -1,5 +1,5 @@
 // CPU kernels of quantized_linear and dynamic_quantized_linear
-// (docs/semantics.md, "Linear"):
+// (docs/semantics.md, "Modes and rounding"):
 //
 //   dot[m,n] = sum_k x_q[m,k] * w_q[n,k]                     (gemm.h, exact int32)
 //   y[m,n]   = float(dot - x_zero_point[m] * w_sum[n]) * (x_scale[m] * w_scale[n]) + bias[n]

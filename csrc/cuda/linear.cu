@@ -1,13 +1,13 @@
-// CUDA kernels of quantized_linear and dynamic_quantized_linear (SPEC.md §3),
+// CUDA kernels of quantized_linear and dynamic_quantized_linear (docs/semantics.md, "Operators"),
 // with the CPU semantics: exact int32 accumulation, then the epilogue of
 // quant_math.h (zero-point correction with w_sum, scales, bias, output dtype).
 //
 // Two GEMM paths on int8 tensor cores, both written without a GPU to test on
-// (see the README), both taking uint8 activations as x - 128 (a bit flip) with
+// (docs/design.md, "CUDA kernels"), both taking uint8 activations as x - 128 (a bit flip) with
 // 128 * w_sum added back to the int32 result:
 //   - where cuBLASLt's int8 alignment rules hold (M > 16, K and N multiples
 //     of 8), at::_int_mm (cuBLASLt, int8 x int8 -> int32), then an epilogue
-//     kernel: cuBLASLt's own epilogues cannot compute SPEC's float32 formula
+//     kernel: cuBLASLt's own epilogues cannot compute the float32 formula of docs/semantics.md
 //     bit for bit, so this path writes and reads the int32 product once more;
 //   - otherwise our own kernel (WMMA 16x16x16 int8 fragments, 64 x 64 outputs
 //     per block) with the epilogue fused: any M, N, K, no extra int32 pass.

@@ -1,9 +1,10 @@
 // CUDA kernels of choose_qparams, quantize, dequantize and quantize_per_token
-// (SPEC.md §1-3), with the CPU kernels' semantics: the per-element math is
+// (docs/semantics.md, "Modes and rounding" and "Operators"), with the CPU
+// kernels' semantics: the per-element math is
 // quant_math.h, shared with csrc/cpu, and the argument checks are checks.h,
 // so both backends reject the same inputs with the same messages.
 //
-// Written without a GPU to run them on (see the README): kept plain so that
+// Written without a GPU to run them on (docs/design.md, "CUDA kernels"): kept plain so that
 // they are right by construction. Everything runs on the current stream.
 // quantize / dequantize check the caller's scale and zero point values on the
 // device (value_checks.h), so no call waits for the GPU.
