@@ -23,7 +23,7 @@ CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/torch_quant
 AUSTEN := $(CACHE_DIR)/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb
 EVAL_ARGS ?= --json eval.json --plot eval.png
 
-.PHONY: all deps build test bench eval eval-data clean
+.PHONY: all deps build test test-fast bench eval eval-data clean
 
 all: build
 
@@ -41,6 +41,10 @@ build: deps $(STAMP)
 
 test: build
 	$(PYTHON) -m pytest tests
+
+# The suite without the slow cases (builds, subprocesses, the fuzz run).
+test-fast: build
+	$(PYTHON) -m pytest tests -m "not slow"
 
 # BENCH_ARGS, e.g. "--only linear,e2e --json bench.json" or "--quick" (a smoke test).
 # The peers and the end-to-end model first: torchao (when missing) and the

@@ -26,6 +26,8 @@ MODES = ("symmetric", "asymmetric")
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long case (subprocesses, builds, the fuzz "
+                                       "run); `make test-fast` leaves these out")
     # torch warns that its quantized tensor creation functions are deprecated;
     # the tests use them only as an oracle.
     config.addinivalue_line("filterwarnings", "ignore:.*quantize_per_tensor.*:UserWarning")

@@ -96,6 +96,7 @@ def tiny_llama():
     return transformers.LlamaForCausalLM(cfg).eval(), None, "tiny random Llama"
 
 
+@pytest.mark.slow
 def test_e2e_section_tiny():
     sizes = e2e.E2ESizes(prompt_len=4, new_tokens=3, prefill_len=16, repeat=2,
                          torchao_compiled=False)

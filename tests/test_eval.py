@@ -349,6 +349,7 @@ def test_bad_arguments_in_a_real_process(tiny, tmp_path):
     assert "unknown mode" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equals_one_process(tiny, tmp_path):
     args, single = _cli(tiny, tmp_path, "--modes", "fp32,w8a8-asymmetric", "--threads", "1")
     assert tq_eval.main(args) == 0

@@ -82,6 +82,7 @@ def cpp_examples():
     return BUILD
 
 
+@pytest.mark.slow
 def test_aoti_package_matches_eager_in_python_and_cpp(tmp_path, cpp_examples):
     m = mixed_model()
     package = torch._inductor.aoti_compile_and_package(
@@ -98,6 +99,7 @@ def test_aoti_package_matches_eager_in_python_and_cpp(tmp_path, cpp_examples):
     assert torch.equal(got, want)
 
 
+@pytest.mark.slow
 def test_cpp_calls_the_ops_through_the_dispatcher(tmp_path, cpp_examples):
     M, K, N = 7, 70, 33
     g = torch.Generator().manual_seed(3)

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 import torch_quant as tq
+
+pytestmark = pytest.mark.slow  # (make test-fast leaves it out)
 from torch_quant import reference as ref
 
 from conftest import SUPPORTED_ISAS, assert_same

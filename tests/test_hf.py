@@ -164,6 +164,7 @@ def test_invalid_checkpoint_values_are_errors(float_dir, tmp_path):
         load(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
 def test_reload_peak_memory_is_below_the_float_model(tmp_path):
     """A pre-quantized reload never builds float weights: its peak resident

@@ -172,6 +172,7 @@ def test_writes_through_any_alias_are_seen(isa, gen, how, M):
     assert_same(q(x).detach(), want, f"QuantLinear after a write through {how}")
 
 
+@pytest.mark.slow
 def test_isa_switch_from_another_thread_never_crashes():
     """The linear ops read the active ISA once per call (gemm.h)."""
     code = textwrap.dedent("""
@@ -245,6 +246,7 @@ def test_quantlinear_rejects_a_wrong_shape_on_load():
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status") or sys.platform != "linux",
                     reason="needs /proc and glibc")
+@pytest.mark.slow
 def test_quantizing_a_model_holds_no_second_copy_of_any_weight():
     """Resident memory after quantize_model ~ int8 weight bytes (+ scales,
     sums, biases): the float weights are gone and no packed copy sits beside

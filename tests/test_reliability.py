@@ -18,6 +18,7 @@ from torch_quant import reference as ref
 from conftest import MODES, SUPPORTED_ISAS, assert_same, using_isa
 
 
+@pytest.mark.slow
 def test_switching_the_cpu_path_from_another_thread_is_safe():
     """One thread loops over the linear ops (plain weights, M >= 2, so both
     the w_sum and the packing decisions are taken) while another switches
