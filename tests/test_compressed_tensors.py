@@ -52,7 +52,7 @@ def test_round_trip_is_bit_identical(tmp_path, mode, tie):
     fresh = tiny_llama(5, tie)
     load_compressed_tensors(fresh, tmp_path)
     assert torch.equal(logits(fresh), logits(q))
-    got, want = dict(tq.convert.quantized_layers(fresh)), dict(tq.convert.quantized_layers(q))
+    got, want = dict(tq.nn.quantized_layers(fresh)), dict(tq.nn.quantized_layers(q))
     assert got.keys() == want.keys()
     for name, layer in want.items():
         assert got[name].act_mode == layer.act_mode
@@ -82,7 +82,7 @@ def test_the_package_reads_what_we_write(tmp_path, mode):
     assert scheme.input_activations.symmetric == (mode == "symmetric")
     compressor = BaseCompressor.get_value_from_registry(cfg.format)
     tensors = load_file(tmp_path / "model.safetensors")
-    for name, layer in tq.convert.quantized_layers(q):
+    for name, layer in tq.nn.quantized_layers(q):
         out = compressor.decompress({"weight": tensors[f"{name}.weight"],
                                      "weight_scale": tensors[f"{name}.weight_scale"]}, scheme)
         assert torch.equal(out["weight"].float(), layer.dequantized_weight()), name
@@ -90,7 +90,7 @@ def test_the_package_reads_what_we_write(tmp_path, mode):
     dense = transformers.AutoModelForCausalLM.from_pretrained(
         tmp_path, dtype=torch.float32,
         quantization_config=transformers.CompressedTensorsConfig(dequantize=True)).eval()
-    for name, layer in tq.convert.quantized_layers(q):
+    for name, layer in tq.nn.quantized_layers(q):
         assert torch.equal(dense.get_submodule(name).weight, layer.dequantized_weight()), name
     assert ct.__version__
 
@@ -168,7 +168,7 @@ def test_bf16_checkpoint_tensors_load(tmp_path):
     (bf16): they load into a float32 model, the scales exactly."""
     from safetensors.torch import load_file, save_file
     q = quantized("symmetric")
-    for _, layer in tq.convert.quantized_layers(q):  # scales that bf16 holds exactly
+    for _, layer in tq.nn.quantized_layers(q):  # scales that bf16 holds exactly
         layer.weight_scale.copy_(layer.weight_scale.bfloat16().float())
     save_compressed_tensors(q, tmp_path)
     t = load_file(tmp_path / "model.safetensors")
@@ -176,7 +176,7 @@ def test_bf16_checkpoint_tensors_load(tmp_path):
               tmp_path / "model.safetensors", metadata={"format": "pt"})
     fresh = tiny_llama(5)
     load_compressed_tensors(fresh, tmp_path)
-    for name, layer in tq.convert.quantized_layers(q):
+    for name, layer in tq.nn.quantized_layers(q):
         got = fresh.get_submodule(name)
         assert got.weight_scale.dtype == torch.float32
         assert torch.equal(got.weight_scale, layer.weight_scale)

@@ -33,7 +33,7 @@ from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver
 
 import torch_quant as tq
-from torch_quant import convert
+from torch_quant import calibration
 from torch_quant import reference as oracle
 from torch_quant.nn import QuantLinear
 
@@ -768,11 +768,11 @@ def test_calibration_sample_represents_late_batches(gen):
     batch; the 256 kept rows come about evenly from the first and second
     half (expected 128 each; binomial sd 8)."""
     layer = nn.Linear(3, 2)
-    obs = convert._Observer("x", torch.Generator().manual_seed(0))
+    obs = calibration.Observer("x", torch.Generator().manual_seed(0))
     for b in range(40):
         obs(layer, (torch.full((64, 3), float(b)) + torch.rand(64, 3, generator=gen) * 0.1,))
     batch = obs.rows[:, 0].floor()
-    assert obs.rows.shape[0] == convert.SAMPLE_ROWS and obs.seen == 40 * 64
+    assert obs.rows.shape[0] == calibration.SAMPLE_ROWS and obs.seen == 40 * 64
     late = int((batch >= 20).sum())
     assert 96 <= late <= 160, late
     assert int((batch == 39).sum()) > 0  # the very last batch is represented
@@ -783,7 +783,7 @@ def test_calibration_tensor_batches(gen):
     # a bare tensor batch: model(x); fc3 is then never called, which is an error
     # (its range would be unknown), naming the layer
     m = TwoInputs()
-    with pytest.raises(ValueError, match=r"quantize_model.*never reached.*fc3"):
+    with pytest.raises(ValueError, match=r"quantize_.*never reached.*fc3"):
         tq.quantize_model(m, "symmetric", "per_tensor", data, smoothing=None, progress=False)
     assert not quantized(m) and no_hooks_left(m)
     # and with only the x path, tensor batches calibrate it
@@ -801,7 +801,7 @@ def test_nonfinite_calibration_data_names_the_layer(gen, bad):
     y[2, 1] = bad
     model = TwoInputs()
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"quantize_model.*'fc3'.*NaN or inf"):
+    with pytest.raises(ValueError, match=r"quantize_.*'fc3'.*NaN or inf"):
         tq.quantize_model(model, "symmetric", "per_tensor", [{"x": x, "y": y}], progress=False)
     # nothing converted, no hooks left behind, weights untouched
     assert not quantized(model) and no_hooks_left(model)

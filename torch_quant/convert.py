@@ -1,115 +1,31 @@
-"""``quantize_``: replace a model's linear layers by ``QuantLinear`` as a ``QuantConfig`` says.
-
-Calibration (when ``calibration_data`` is given) runs the float model once over
-the data with a forward pre-hook on every layer to be replaced. Each hook keeps
-the exact finite min and max of the layer's inputs and a bounded random sample
-of input rows (tokens); from these come the static per-tensor ranges (min-max,
-or percentiles that clip outliers), the ``act_mode="auto"`` choice and the
-activation statistics of the report.
+"""``quantize_``: replace a model's linear layers by ``QuantLinear`` as a
+``QuantConfig`` says: the targets and their checks, calibration
+(calibration.py), smoothing (smoothing.py), the mode policy (auto.py), the
+statistics of the report (statistics.py), then the swap.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from . import ops, reference
+from .auto import check_auto, choose_mode
+from .calibration import calibrate, static_range
 from .config import QuantConfig
-from .nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d,
-                 largest_hadamard_block, rotated_weight)
+from .nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d, quantized_layers,
+                 rotated_weight, set_module)
 from .smoothing import (SmoothGroup, choose_alpha, choose_rotation, find_groups, fold,
                         probe_batch, smoothing_factors)
 from .smoothing import _flat_outputs, _run  # model(batch) for a tensor, tuple/list or dict batch
+from .statistics import (act_range_utilization, fake_quantize, output_mse, sqnr_db,
+                         static_qparams)
 
-__all__ = ["quantize_", "quantize_model", "smooth_model"]
-
-# act_mode="auto" converts each layer both ways and keeps the mode whose
-# output on the layer's sampled calibration inputs (int8 weight, activations
-# quantized as the layer does) is closer to the float layer's output, in mean
-# squared error; an exact tie keeps symmetric (no zero point to apply). The
-# output, not the input, is what the next layer sees: an input channel that
-# the weight ignores does not count, one it amplifies counts more.
-
-SAMPLE_ROWS = 256  # input rows (tokens) kept per layer for statistics
-
-
-class _Observer:
-    """Statistics of one layer's inputs during calibration."""
-
-    def __init__(self, name: str, generator: torch.Generator, rotate: int = 0) -> None:
-        self.name = name
-        self.lo = math.inf
-        self.hi = -math.inf
-        # with rotate = b > 0, also the range of the inputs rotated by the
-        # b-block Hadamard transform (static per-tensor rotation needs it)
-        self.rotate = rotate
-        self.rot_lo = math.inf
-        self.rot_hi = -math.inf
-        self.rows: Optional[Tensor] = None  # [<= SAMPLE_ROWS, K] float32 sample
-        self.seen = 0  # rows seen so far (reservoir sampling)
-        self.gen = generator
-        self.ch_lo: Optional[Tensor] = None  # per input channel min and max (float32 [K])
-        self.ch_hi: Optional[Tensor] = None
-
-    def divided(self, s: Optional[Tensor]) -> "_Observer":
-        """The statistics of the inputs divided by s per channel (smoothing)."""
-        if s is None:
-            return self
-        out = _Observer(self.name, self.gen)
-        out.rows, out.seen = self.rows / s, self.seen
-        out.ch_lo, out.ch_hi = self.ch_lo / s, self.ch_hi / s
-        out.lo, out.hi = float(out.ch_lo.min()), float(out.ch_hi.max())
-        return out
-
-    def absmax(self) -> Tensor:
-        return torch.maximum(self.ch_lo.abs(), self.ch_hi.abs())
-
-    def __call__(self, module: nn.Module, args) -> None:
-        if not args or not isinstance(args[0], Tensor):
-            return
-        x = args[0].detach()
-        if x.numel() == 0:
-            return
-        if not torch.isfinite(x).all():
-            raise ValueError(f"tq.quantize_model: calibration input of layer '{self.name}' "
-                             f"holds NaN or inf")
-        rows = x.reshape(-1, x.shape[-1]).float().cpu()
-        ch_lo, ch_hi = torch.aminmax(rows, dim=0)
-        self.ch_lo = ch_lo if self.ch_lo is None else torch.minimum(self.ch_lo, ch_lo)
-        self.ch_hi = ch_hi if self.ch_hi is None else torch.maximum(self.ch_hi, ch_hi)
-        self.lo = min(self.lo, float(ch_lo.min()))
-        self.hi = max(self.hi, float(ch_hi.max()))
-        if self.rotate:
-            r_lo, r_hi = torch.aminmax(reference.hadamard_rows(rows, self.rotate))
-            self.rot_lo = min(self.rot_lo, float(r_lo))
-            self.rot_hi = max(self.rot_hi, float(r_hi))
-        # Reservoir sampling of rows, so that every row seen is about equally
-        # likely to be kept whatever the batch sizes: row i of this batch
-        # replaces a random slot with probability SAMPLE_ROWS / (rows seen + 1).
-        n = rows.shape[0]
-        free = SAMPLE_ROWS - (0 if self.rows is None else self.rows.shape[0])
-        head = rows[:max(free, 0)]
-        self.rows = head.clone() if self.rows is None else torch.cat([self.rows, head])
-        rest = rows[head.shape[0]:]
-        if rest.shape[0]:
-            seen = self.seen + head.shape[0] + torch.arange(rest.shape[0], dtype=torch.float64)
-            slot = (torch.rand(rest.shape[0], generator=self.gen, dtype=torch.float64)
-                    * (seen + 1)).long()
-            # Row by row, a later row replaces an earlier one in the same
-            # slot: an indexed write with repeated slots would leave it to
-            # chance (and the thread count) which one stays.
-            last: Dict[int, int] = {}
-            for i, sl in enumerate(slot.tolist()):
-                if sl < SAMPLE_ROWS:
-                    last[sl] = i
-            if last:
-                self.rows[torch.tensor(list(last))] = rest[torch.tensor(list(last.values()))]
-        self.seen += n
+__all__ = ["quantize_", "quantize_model", "smooth_model", "quantized_layers"]
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -149,61 +65,6 @@ def _unique(layers: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
     return out
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def _progress(data, enabled: bool):
-    if not enabled:
-        return data
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency; stay usable without it
-        return data
-    total = len(data) if hasattr(data, "__len__") else None
-    return tqdm(data, total=total, desc="tq calibration", unit="batch")
-
-
-def calibrate(model: nn.Module, layers: Dict[str, nn.Module], data: Iterable,
-              progress: bool = True, seed: int = 0, first: Optional[list] = None,
-              rotated_ranges: bool = False) -> Dict[str, _Observer]:
-    """Runs ``model`` over ``data`` and returns each layer's observer; the
-    first batch is appended to ``first`` when given (data may be one-shot).
-    ``rotated_ranges``: observers also record the range of Hadamard-rotated
-    inputs (block: largest_hadamard_block of the layer's input width)."""
-    gen = torch.Generator().manual_seed(seed)
-    observers = {name: _Observer(name, gen, largest_hadamard_block(_in_features(m))
-                                 if rotated_ranges else 0) for name, m in layers.items()}
-    handles = [m.register_forward_pre_hook(observers[name]) for name, m in layers.items()]
-    try:
-        with torch.no_grad():
-            for batch in _progress(data, progress):
-                if first is not None and not first:
-                    first.append(batch)
-                _run(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [name for name, o in observers.items() if o.seen == 0]
-    if missing:
-        raise ValueError(f"tq.quantize_model: the calibration data never reached "
-                         f"{len(missing)} layer(s): {', '.join(missing[:5])}"
-                         f"{', ...' if len(missing) > 5 else ''}")
-    return observers
-
-
-def _range(lo: float, hi: float, rows: Tensor, percentile: Optional[float]):
-    """The (lo, hi) a static per-tensor quantizer should cover: calibration's
-    [lo, hi], or the given percentiles of the sampled ``rows`` within it."""
-    if percentile is None:
-        return lo, hi
-    q = torch.tensor([1.0 - percentile / 100.0, percentile / 100.0])
-    p_lo, p_hi = torch.quantile(rows.flatten(), q).tolist()
-    return max(p_lo, lo), min(p_hi, hi)
-
-
 _LAYER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_K = ops._MAX_LINEAR_K  # the ops' exact-int32 limit
 
@@ -228,65 +89,6 @@ def check_convertible(where: str, name: str, layer: nn.Module) -> None:
     for label, t in (("weight", weight), ("bias", bias)):
         if t is not None and not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{where}: the {label} of layer {name!r} holds NaN or inf")
-
-
-def _in_features(layer: nn.Module) -> int:
-    return float_weight_and_bias(layer)[0].shape[1]
-
-
-def static_qparams(lo: float, hi: float, mode: str):
-    """Per-tensor (scale, zero_point) of the range [lo, hi], computed by the op
-    itself so that the rules of docs/semantics.md ("Modes and rounding") apply (range widened to contain 0)."""
-    return ops.choose_qparams(torch.tensor([lo, hi], dtype=torch.float32), mode)
-
-
-def fake_quantize(rows: Tensor, mode: str, granularity: str, scale=None, zero_point=None) -> Tensor:
-    """``rows`` quantized and dequantized as the layer would (float32)."""
-    if granularity == "per_token":
-        q, s, z = ops.quantize_per_token(rows, mode)
-        return ops.dequantize(q, s, z)
-    q = ops.quantize(rows, scale, zero_point, mode)
-    return ops.dequantize(q, scale, zero_point)
-
-
-def sqnr_db(x: Tensor, x_hat: Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB (inf when exact)."""
-    signal = float(x.double().pow(2).sum())
-    noise = float((x.double() - x_hat.double()).pow(2).sum())
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
-
-
-def range_utilization(lo: Tensor, hi: Tensor, scale: Tensor) -> float:
-    """The fraction of the 8-bit integer range that data in [lo, hi] spans once
-    divided by ``scale``: ``(hi - lo) / scale / 255``, at most 1 (a clipped
-    range uses all of it); the mean when lo, hi, scale are per row. E.g. [-3, 5]
-    symmetric: scale 5/127, the data spans -76.2 .. 127, 203.2 / 255 = 79.7%."""
-    return float(((hi - lo) / scale / 255.0).clamp(max=1.0).mean())
-
-
-def act_range_utilization(rows: Tensor, obs: "_Observer", mode: str, granularity: str,
-                          scale=None) -> float:
-    """range_utilization of a layer's inputs: per token, of each sampled row
-    with its own scale; per tensor, of everything calibration saw."""
-    if granularity == "per_token":
-        _, s, _ = ops.quantize_per_token(rows, mode)
-        return range_utilization(rows.amin(-1), rows.amax(-1), s)
-    return range_utilization(torch.tensor(obs.lo), torch.tensor(obs.hi), scale)
-
-
-def _output_mse(layer: nn.Module, q: QuantLinear, rows: Tensor) -> float:
-    """Mean squared difference between the quantized and the float layer's
-    outputs on ``rows`` (bias included in both, so it cancels)."""
-    weight, bias = float_weight_and_bias(layer)
-    with torch.no_grad():
-        y = torch.nn.functional.linear(rows, weight.detach().float(),
-                                       None if bias is None else bias.detach().float())
-        y_q = q(rows)
-    return float((y_q.double() - y.double()).pow(2).mean())
 
 
 def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
@@ -377,7 +179,7 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
     alternatives: Dict[int, Dict[str, QuantLinear]] = {}  # auto: both modes per layer
     for name, layer in layers.items():
         if id(layer) in converted:
-            _set_module(model, name, converted[id(layer)])
+            set_module(model, name, converted[id(layer)])
             continue
         group = group_of.get(name)
         s = group.factors if group is not None else None
@@ -396,8 +198,8 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
             stats["smoothing"] = group.describe()
         if act_granularity == "per_tensor":
             # (a rotated layer: calibration's range of its rotated inputs)
-            lo, hi = (_range(obs.lo, obs.hi, rows, percentile) if not block
-                      else _range(raw.rot_lo, raw.rot_hi, rows, percentile))
+            lo, hi = (static_range(obs.lo, obs.hi, rows, percentile) if not block
+                      else static_range(raw.rot_lo, raw.rot_hi, rows, percentile))
             stats["calibrated_range"] = (lo, hi)
         candidates = {}
         for m in modes:
@@ -409,10 +211,9 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
                              scale, zp)
         mode = act_mode
         if act_mode == "auto":
-            err = {m: _output_mse(layer, candidates[m][0], rows_in) for m in ACT_MODES}
+            err = {m: output_mse(layer, candidates[m][0], rows_in) for m in ACT_MODES}
             stats["auto_output_mse"] = err
-            # strict: equal errors (e.g. all-zero inputs) keep the zero point out
-            mode = "asymmetric" if err["asymmetric"] < err["symmetric"] else "symmetric"
+            mode = choose_mode(err)
         w = float_weight_and_bias(layer)[0].detach().float()
         if smooth_arg is not None:
             w = w * smooth_arg
@@ -432,9 +233,9 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
         q = candidates[mode][0]
         del candidates
         converted[id(layer)] = q
-        _set_module(model, name, q)
+        set_module(model, name, q)
     if alternatives and reference_out is not None:
-        _check_auto(model, layers, alternatives, converted, check_batch, reference_out)
+        check_auto(model, layers, alternatives, converted, check_batch, reference_out)
     return model
 
 
@@ -449,47 +250,12 @@ def quantize_model(model: nn.Module, act_mode: str = "symmetric",
                      calibration_data, progress=progress)
 
 
-def _model_error(model: nn.Module, batch, reference_out: List[Tensor]) -> float:
-    """Squared error of the model's outputs on ``batch`` over the reference's power."""
-    with torch.no_grad():
-        out = _flat_outputs(_run(model, batch))
-    err = sum(float((o.double() - r.double()).pow(2).sum()) for o, r in zip(out, reference_out))
-    power = sum(float(r.double().pow(2).sum()) for r in reference_out)
-    return err / power if power > 0 else err
-
-
-def _check_auto(model: nn.Module, layers: Dict[str, nn.Module],
-                alternatives: Dict[int, Dict[str, QuantLinear]], converted: Dict[int, QuantLinear],
-                batch, reference_out: List[Tensor]) -> None:
-    """auto's per-layer choices against every layer in one fixed mode, on the
-    model's output for the first calibration batch: layer by layer errors add
-    up differently through a model, and auto must not end worse than the
-    better fixed mode. The per-layer choices stay unless a fixed mode is
-    strictly better; every layer's report records the three errors."""
-    per_layer = {i: q.act_mode for i, q in converted.items()}
-    picks = {"per_layer": per_layer, **{m: {i: m for i in alternatives} for m in ACT_MODES}}
-
-    def apply(pick):
-        for name, layer in layers.items():
-            _set_module(model, name, alternatives[id(layer)][pick[id(layer)]])
-
-    errors = {}
-    for label, pick in picks.items():
-        apply(pick)
-        errors[label] = _model_error(model, batch, reference_out)
-    best = min(errors, key=lambda k: (errors[k], k != "per_layer"))
-    apply(picks[best])
-    for i, qs in alternatives.items():
-        converted[i] = qs[picks[best][i]]
-        converted[i].stats["auto_model_error"] = dict(errors, chosen=best)
-
-
 def smooth_model(model: nn.Module, calibration_data: Iterable, alpha: float = 0.5,
                  skip: Union[None, str, Sequence[str]] = None, progress: bool = False
                  ) -> Dict[str, dict]:
     """Fold activation smoothing with a fixed ``alpha`` into the float model,
-    in place, without quantizing anything (what ``quantize_model(...,
-    smoothing=alpha)`` does first). The model's outputs change by float
+    in place, without quantizing anything (what ``quantize_`` with
+    ``QuantConfig(smoothing=alpha)`` does first). The model's outputs change by float
     rounding only. Layers whose factors cannot be folded (their input does
     not come straight from a norm or, channel by channel, from a previous
     linear layer) are left as they are. Returns, per linear layer, how it was
@@ -541,8 +307,3 @@ def _warn_tied(model: nn.Module, layers: Dict[str, nn.Module]) -> None:
                           f"its int8 copy unties them (calling tie_weights() afterwards would "
                           f"break the layer). Pass skip={name!r} to keep it in float.",
                           stacklevel=3)
-
-
-def quantized_layers(model: nn.Module) -> List[tuple]:
-    """``(name, QuantLinear)`` of every quantized layer, in module order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]

@@ -45,8 +45,8 @@ except ImportError as e:  # transformers missing, or older than 5
 
 from . import __version__, ops
 from .config import QuantConfig
-from .convert import _set_module, _targets, quantize_, quantized_layers
-from .nn import QuantLinear
+from .convert import _targets, quantize_
+from .nn import QuantLinear, quantized_layers, set_module
 from .serialization import _check_metadata, _settings
 
 __all__ = ["QUANT_METHOD", "TorchQuantConfig", "TorchQuantHfQuantizer", "mark_quantized"]
@@ -174,7 +174,7 @@ class TorchQuantHfQuantizer(HfQuantizer):
             for name, s in c.layers.items():
                 q = _empty_layer(s)
                 for alias in _names_of(model, name):
-                    _set_module(model, alias, q)
+                    set_module(model, alias, q)
             return model
         self._skip_patterns = self._skip(model)
         if not self._streaming():
@@ -189,7 +189,7 @@ class TorchQuantHfQuantizer(HfQuantizer):
                     "act_mode": c.act_mode, "act_granularity": c.act_granularity,
                     "in_features": layer.in_features, "out_features": layer.out_features,
                     "bias": layer.bias is not None})
-            _set_module(model, name, done[id(layer)])
+            set_module(model, name, done[id(layer)])
             # The loader casts a weight it will quantize to the load dtype
             # first; listed here, it stays float32 (the dtype plan is built
             # from this set after this hook), so bf16 loading gives the same

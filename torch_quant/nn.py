@@ -13,7 +13,7 @@ dynamic) or with one scale and zero point fixed by calibration
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -349,3 +349,15 @@ def float_weight_and_bias(module: nn.Module):
         return module.weight.t(), module.bias
     raise TypeError(f"QuantLinear.from_float: expected nn.Linear or a Hugging Face Conv1D, "
                     f"got {type(module).__name__}")
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule called ``name`` (dotted) by ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def quantized_layers(model: nn.Module) -> List[tuple]:
+    """``(name, QuantLinear)`` of every quantized layer, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]

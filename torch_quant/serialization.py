@@ -18,9 +18,8 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .convert import _set_module, quantized_layers
 from .nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_hadamard_block,
-                 float_weight_and_bias, is_conv1d)
+                 float_weight_and_bias, is_conv1d, quantized_layers, set_module)
 
 __all__ = ["save", "load"]
 
@@ -272,6 +271,6 @@ def load_layers(model: nn.Module, layers: dict, tensors: Dict[str, Tensor], wher
     for name, q in replacements.items():
         q.train(model.get_submodule(name).training)
     for name, q in replacements.items():
-        _set_module(model, name, q)
+        set_module(model, name, q)
     model.load_state_dict(tensors, strict=True)
     return model
