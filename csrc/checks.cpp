@@ -182,6 +182,12 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
   return N;
 }
 
+std::vector<int64_t> linear_output_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return shape;
+}
+
 void check_weight_sum_values(const char* op, const at::Tensor& w_q, const at::Tensor& w_sum) {
   const at::Tensor sums = w_q.sum(1, /*keepdim=*/false, at::kInt);
   const at::Tensor wrong = sums.ne(w_sum).nonzero();

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -94,6 +95,10 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
                             const at::Tensor& w_scale,
                             const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& w_sum);
+
+// The shape of a linear op's output: the activations' shape with the last
+// dim (K) replaced by N. One rule for the CPU and CUDA kernels.
+std::vector<int64_t> linear_output_shape(const at::Tensor& x, int64_t N);
 
 // The values of w_sum (int32 [N], next to a plain [N, K] w_q on the CPU) are
 // w_q's row sums: else an error naming the first wrong one. One pass over the

@@ -163,3 +163,21 @@ def data_for(gen, shape, scale_hint: float = 1.0, dtype=torch.float32):
     """Gaussian data scaled so that it spans ~±200 codes of `scale_hint`
     (so some values clamp)."""
     return (torch.randn(shape, generator=gen) * (70.0 * scale_hint)).to(dtype)
+
+
+def snapshot(model) -> tuple:
+    """Everything a failed conversion or load could have changed: the module
+    types and every state-dict tensor (cloned)."""
+    return ([type(m).__name__ for m in model.modules()],
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+def assert_untouched(model, snap: tuple) -> None:
+    """The model is as ``snapshot`` saw it, bit for bit (NaNs included)."""
+    types, tensors = snap
+    assert [type(m).__name__ for m in model.modules()] == types
+    now = model.state_dict()
+    assert now.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert now[k].dtype == v.dtype and torch.equal(
+            now[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k

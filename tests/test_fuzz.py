@@ -37,7 +37,7 @@ import torch_quant as tq
 pytestmark = pytest.mark.slow  # (make test-fast leaves it out)
 from torch_quant import reference as ref
 
-from conftest import SUPPORTED_ISAS, assert_same
+from conftest import SUPPORTED_ISAS, assert_same, assert_untouched, snapshot
 
 SECONDS = float(os.environ.get("TORCH_QUANT_FUZZ_SECONDS", "30"))
 SHARES = {"linear": 0.35, "quantize": 0.15, "bad_args": 0.15, "files": 0.2, "conversion": 0.15}
@@ -209,20 +209,6 @@ def _mlp(seed):
                          nn.Linear(8, 5, bias=False)).eval()
 
 
-def _snapshot(model):
-    return ([type(m).__name__ for m in model.modules()],
-            {k: v.clone() for k, v in model.state_dict().items()})
-
-
-def _assert_untouched(model, snap):
-    types, tensors = snap
-    assert [type(m).__name__ for m in model.modules()] == types
-    now = model.state_dict()
-    assert now.keys() == tensors.keys()
-    for k, v in tensors.items():  # bit-identical, NaNs included
-        assert now[k].dtype == v.dtype and torch.equal(now[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """One saved model per setting: (path, bytes, settings)."""
@@ -269,11 +255,11 @@ def _file_case(rng, i, saved, tmp):
         bad.write_bytes(bytes(data))
     # a float model, or one quantized with the file's settings
     target = _mlp(1) if rng.random() < 0.5 else tq.load(_mlp(1), path)
-    snap = _snapshot(target)
+    snap = snapshot(target)
     try:
         tq.load(target, bad)
     except ValueError:
-        _assert_untouched(target, snap)
+        assert_untouched(target, snap)
         return f"{kind}: rejected"
     finally:
         bad.unlink()
@@ -299,13 +285,13 @@ def _conversion_case(rng, i):
         else:
             kind = "float64"
             layer.double()
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with pytest.raises((ValueError, TypeError)) as e:
         tq.quantize_model(model, rng.choice(MODES + ("auto",)),
                           rng.choice(["per_token", "per_tensor"]),
                           calibration_data=[torch.randn(4, 24)], progress=False)
     assert f"'{name}'" in str(e.value) or f" {name}" in str(e.value), str(e.value)
-    _assert_untouched(model, snap)
+    assert_untouched(model, snap)
 
 
 def test_fuzz_linear():

@@ -15,6 +15,8 @@ from torch import nn
 import torch_quant as tq
 from torch_quant.nn import QuantLinear
 
+from conftest import assert_untouched, snapshot
+
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
@@ -35,21 +37,6 @@ def tiny_gpt2(seed=0):
     cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=32,
                                   bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(cfg).eval()
-
-
-def snapshot(model):
-    """Everything load could change: module types and every tensor."""
-    return ([type(m).__name__ for m in model.modules()],
-            {k: v.clone() for k, v in model.state_dict().items()})
-
-
-def assert_untouched(model, snap):
-    types, tensors = snap
-    assert [type(m).__name__ for m in model.modules()] == types
-    now = model.state_dict()
-    assert now.keys() == tensors.keys()
-    for k, v in tensors.items():
-        assert torch.equal(now[k], v), k
 
 
 SETTINGS = [("symmetric", "per_token"), ("asymmetric", "per_token"), ("auto", "per_token"),

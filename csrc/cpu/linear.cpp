@@ -144,12 +144,6 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
   if (!y32.is_same(out)) out.view({M, N}).copy_(y32);
 }
 
-std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  return shape;
-}
-
 at::Tensor quantized_linear_cpu(const at::Tensor& x_q, const at::Tensor& x_scale,
                                 const at::Tensor& x_zero_point, const at::Tensor& w_q,
                                 const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
@@ -161,7 +155,8 @@ at::Tensor quantized_linear_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
   const at::Tensor x = x_q.contiguous();
   const int64_t K = x.size(-1);
   const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
-  at::Tensor out = at::empty(output_shape(x, args.N), x.options().dtype(args.out_dtype));
+  at::Tensor out =
+      at::empty(linear_output_shape(x, args.N), x.options().dtype(args.out_dtype));
   if (M == 0 || args.N == 0) return out;
   // Per-row parameters, expanded from per-tensor ones.
   const PerRow<float> xs{args.x_scale.const_data_ptr<float>(), args.x_scale.numel() != 1};
@@ -192,7 +187,7 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   const at::Tensor x = x_in.contiguous();
   const int64_t K = x.size(-1);
   const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
-  at::Tensor out = at::empty(output_shape(x, N), x.options());
+  at::Tensor out = at::empty(linear_output_shape(x, N), x.options());
   if (M == 0 || N == 0) return out;
 
   // Per-token quantization, row by row as quantize_per_token does it, into

@@ -226,12 +226,6 @@ bool int_mm_fits(int64_t M, int64_t N, int64_t K, const void* a, const void* w) 
   return M > 16 && K > 0 && K % 8 == 0 && N % 8 == 0 && aligned16(a) && aligned16(w);
 }
 
-std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  return shape;
-}
-
 // The shared GEMM + epilogue on device tensors: x_q [M, K] codes, x_scale
 // float32 / x_zp int32 with 1 or M values, w_scale float32 1 or N values.
 // need_sums: some zero point may be non-zero. w_sum, when given, is checked
@@ -322,7 +316,8 @@ at::Tensor quantized_linear_cuda(const at::Tensor& x_q, const at::Tensor& x_scal
                               args.a_signed ? QRange{-128, 127} : QRange{0, 255}, Arg::XZeroPoint);
   check_scales_on_device(ws, Arg::WScale);
   return linear(x, xs, x_zero_point.to(at::kInt).contiguous(), args.any_zero_point,
-                w_q.contiguous(), w_sum, ws, bias, output_shape(x, args.N), args.out_dtype);
+                w_q.contiguous(), w_sum, ws, bias, linear_output_shape(x, args.N),
+                args.out_dtype);
 }
 
 at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tensor& w_q,
@@ -352,7 +347,8 @@ at::Tensor dynamic_quantized_linear_cuda(const at::Tensor& x_in, const at::Tenso
   const auto [q, scale, zp] = quantize_per_token_impl(op, x_rot, mode, 8, /*int8_codes=*/true, sm);
   // Symmetric rows have zero point 0: w_sum is only needed for asymmetric.
   return linear(q, scale.reshape({-1}), zp.reshape({-1}), mode == Mode::Asymmetric,
-                w_q.contiguous(), w_sum, ws, bias, output_shape(x_in, args.N), x_in.scalar_type());
+                w_q.contiguous(), w_sum, ws, bias, linear_output_shape(x_in, args.N),
+                x_in.scalar_type());
 }
 
 }  // namespace
