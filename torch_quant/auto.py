@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .nn import ACT_MODES, QuantLinear, set_module
-from .smoothing import _flat_outputs, _run
+from .smoothing_groups import _flat_outputs, _run
 
 __all__ = ["choose_mode", "check_auto"]
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from . import reference
 from .nn import float_weight_and_bias, largest_hadamard_block
-from .smoothing import _run  # model(batch) for a tensor, tuple/list or dict batch
+from .smoothing_groups import _run  # model(batch) for a tensor, tuple/list or dict batch
 
 __all__ = ["SAMPLE_ROWS", "Observer", "calibrate", "static_range"]
 

@@ -21,7 +21,7 @@ from .nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d, quant
                  rotated_weight, set_module)
 from .smoothing import (SmoothGroup, choose_alpha, choose_rotation, find_groups, fold,
                         probe_batch, smoothing_factors)
-from .smoothing import _flat_outputs, _run  # model(batch) for a tensor, tuple/list or dict batch
+from .smoothing_groups import _flat_outputs, _run  # model(batch) for any batch form
 from .statistics import (act_range_utilization, fake_quantize, output_mse, sqnr_db,
                          static_qparams)
 

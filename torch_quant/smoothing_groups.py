@@ -1,0 +1,408 @@
+"""Where smoothing factors can go, found from the model's behaviour, never
+from names (docs/conversion.md, "Quantize a model"): the groups of linear
+layers that share an input and the norm or previous linear layer that
+produces it (``find_groups``, by probing the model on a calibration batch),
+and ``fold``, which moves the factors there and checks on the batch that the
+model's outputs did not change. ``_run`` calls a model on a batch of any of
+the forms calibration takes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PROBE_ROWS", "SmoothGroup", "find_groups", "fold", "probe_batch"]
+
+PROBE_ROWS = 64  # rows of each layer's input compared when probing
+
+
+@dataclass
+class SmoothGroup:
+    """Layers that share one input, and where their factors go.
+
+    kind: "norm" (``source`` is the norm module's name, ``form`` "gain" or
+    "one_plus_gain"), "linear" (``source`` is the previous linear layer; its
+    output row ``channel_map[j]`` feeds input channel j) or "input" (one
+    layer, factors applied in its quantize step)."""
+
+    kind: str
+    members: List[str]
+    source: str = ""
+    form: str = ""
+    channel_map: Optional[Tensor] = None
+    alpha: Optional[float] = None  # None: not smoothed
+    hadamard_block: int = 0  # > 0: the members rotate their inputs instead
+    factors: Optional[Tensor] = None  # s, per input channel of the members
+    undo: List[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def describe(self) -> dict:
+        s = self.factors
+        return {"kind": self.kind, "source": self.source or None, "alpha": self.alpha,
+                "factor_min": None if s is None else float(s.min()),
+                "factor_max": None if s is None else float(s.max()),
+                "hadamard_block": self.hadamard_block}
+
+
+class _Stop(Exception):
+    """Ends a probing forward pass once nothing more can be learnt from it."""
+
+
+def _run(model: nn.Module, batch) -> object:
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def probe_batch(batch, tokens: int = PROBE_ROWS):
+    """``batch`` cut to its first ``tokens`` positions when it is (or holds,
+    in a tuple, list or dict) integer tensors [B, T] of one length T (token
+    ids and their masks), else ``batch`` itself: every probe runs the model on
+    it, and only the first PROBE_ROWS rows of each input are compared."""
+    parts = (list(batch.values()) if isinstance(batch, dict)
+             else list(batch) if isinstance(batch, (tuple, list)) else [batch])
+    ids = [t for t in parts if isinstance(t, Tensor) and t.dim() == 2
+           and not t.is_floating_point() and not t.is_complex()]
+    if not ids or len({t.shape[1] for t in ids}) != 1 or ids[0].shape[1] <= tokens:
+        return batch
+
+    def cut(t):
+        return t[:, :tokens] if any(t is i for i in ids) else t
+    if isinstance(batch, dict):
+        return {k: cut(v) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(cut(v) for v in batch)
+    return cut(batch)
+
+
+def _rows(x: Tensor, n: int = PROBE_ROWS) -> Tensor:
+    return x.detach().reshape(-1, x.shape[-1])[:n].float().clone()
+
+
+def _is_norm(module: nn.Module, linears: set) -> bool:
+    w = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+    b = module._parameters.get("bias")
+    return (id(module) not in linears and isinstance(w, Tensor) and w.dim() == 1
+            and (b is None or (isinstance(b, Tensor) and b.shape == w.shape)))
+
+
+def _channel_map(base: Tensor, probed: Tensor, log_r: Tensor, step: float) -> Optional[Tensor]:
+    """The map j -> i such that probed[:, j] = base[:, j] * exp(log_r[i]) for
+    every row (up to float rounding), or None. A channel that is 0 on every
+    probed row, before and after (a ReLU unit that never fired), maps to -1:
+    allowed only where the others map one to one and the two layers have as
+    many channels as each other, so that it must be one of the rows left."""
+    mag = base.abs()
+    big = mag > 1e-4 * mag.amax(1, keepdim=True).clamp_min(1e-30)
+    alive = big.any(0)
+    dead = ~alive
+    if dead.any() and (probed[:, dead] != 0).any() or not alive.any():
+        return None
+    ratio = torch.where(big, probed / torch.where(big, base, torch.ones_like(base)),
+                        torch.full_like(base, math.nan))
+    ratio = ratio[:, alive].nanmedian(0).values
+    if not (ratio > 0).all():
+        return None
+    idx = torch.round(torch.log(ratio.double()) / step).long() - 1
+    if idx.min() < 0 or idx.max() >= log_r.numel():
+        return None
+    if ((torch.log(ratio.double()) - log_r[idx]).abs() > step / 4).any():
+        return None
+    expect = base[:, alive] * torch.exp(log_r[idx]).float()
+    tol = 1e-3 * expect.abs() + 1e-5 * mag.amax(1, keepdim=True)
+    if ((probed[:, alive] - expect).abs() > tol).any():
+        return None
+    if dead.any() and (base.shape[1] != log_r.numel() or idx.unique().numel() != idx.numel()):
+        return None
+    out = torch.full((base.shape[1],), -1, dtype=torch.long)
+    out[alive] = idx
+    return out
+
+
+def find_groups(model: nn.Module, layers: Dict[str, nn.Module], batch) -> List[SmoothGroup]:
+    """The smoothing groups of ``layers`` (name -> linear module, each module
+    once), from the model's behaviour on ``batch``. Every layer is in exactly
+    one group."""
+    linears = {id(m): n for n, m in layers.items()}
+    norm_out: Dict[int, Tuple[str, Tensor]] = {}  # id(output) -> (norm name, output)
+    feeds: Dict[str, str] = {}  # linear -> norm whose output it read
+    base: Dict[str, Tensor] = {}
+    calls: Dict[str, int] = {}
+    order: List[str] = []
+    handles = []
+
+    def norm_hook(name):
+        def hook(mod, args, out):
+            if isinstance(out, Tensor) and out.dim() >= 1 and out.shape[-1] == mod.weight.numel():
+                norm_out[id(out)] = (name, out)
+        return hook
+
+    def linear_hook(name):
+        def hook(mod, args):
+            if not args or not isinstance(args[0], Tensor):
+                return
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] == 1:
+                order.append(name)
+                base[name] = _rows(args[0])
+            hit = norm_out.get(id(args[0]))
+            if hit is not None and hit[1] is args[0]:
+                feeds[name] = hit[0]
+        return hook
+
+    try:
+        for name, m in model.named_modules():
+            if _is_norm(m, set(linears)):
+                handles.append(m.register_forward_hook(norm_hook(name)))
+        for name, m in layers.items():
+            handles.append(m.register_forward_pre_hook(linear_hook(name)))
+        with torch.no_grad():
+            _run(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        norm_out.clear()
+    once = [n for n in order if calls[n] == 1]  # a module called twice is left alone
+
+    # Linear -> linear: scale A's output rows by distinct factors r_i and find
+    # the later layers whose input channels change by exactly some r_i.
+    pairs: Dict[str, Tuple[str, Tensor]] = {}  # B -> (A, channel map)
+    for a in once:
+        mod = layers[a]
+        if not isinstance(mod, nn.Linear):
+            continue
+        n_out = mod.out_features
+        step = math.log(2.0) / (n_out + 1)
+        log_r = torch.arange(1, n_out + 1, dtype=torch.float64) * step
+        r = torch.exp(log_r).float()
+        found: Dict[str, Tensor] = {}
+        later = once[once.index(a) + 1:]
+
+        def probe_hook(name):
+            def hook(m, args):
+                x = _rows(args[0])
+                if torch.equal(x, base[name]):
+                    return
+                cmap = _channel_map(base[name], x, log_r, step)
+                if cmap is None:
+                    raise _Stop
+                found[name] = cmap
+            return hook
+
+        saved_w = mod.weight.detach().clone()
+        saved_b = None if mod.bias is None else mod.bias.detach().clone()
+        hs = [layers[n].register_forward_pre_hook(probe_hook(n)) for n in later]
+        try:
+            with torch.no_grad():
+                mod.weight.mul_(r.to(mod.weight.dtype)[:, None])
+                if saved_b is not None:
+                    mod.bias.mul_(r.to(mod.bias.dtype))
+                try:
+                    _run(model, batch)
+                except _Stop:
+                    pass
+        finally:
+            for h in hs:
+                h.remove()
+            with torch.no_grad():
+                mod.weight.copy_(saved_w)
+                if saved_b is not None:
+                    mod.bias.copy_(saved_b)
+        if len(found) == 1:
+            (b, cmap), = found.items()
+            if b not in feeds and b not in pairs:
+                pairs[b] = (a, cmap)
+
+    groups: Dict[str, SmoothGroup] = {}
+    out: List[SmoothGroup] = []
+    for name in layers:
+        if name in feeds:
+            g = groups.get(feeds[name])
+            if g is None:
+                g = groups[feeds[name]] = SmoothGroup("norm", [], source=feeds[name])
+                out.append(g)
+            g.members.append(name)
+        elif name in pairs:
+            a, cmap = pairs[name]
+            out.append(SmoothGroup("linear", [name], source=a, channel_map=cmap))
+        else:
+            out.append(SmoothGroup("input", [name]))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# folding
+
+
+def _fold_norm(model: nn.Module, g: SmoothGroup, s: Tensor, norm_input: Tensor) -> bool:
+    """Divides the norm's output by s through its parameters, in the form
+    that reproduces ``norm(x) / s`` on its recorded input; False (and the
+    norm unchanged) when no form does."""
+    norm = model.get_submodule(g.source)
+    w = norm.weight
+    b = getattr(norm, "bias", None)
+    b = b if isinstance(b, Tensor) else None
+    saved_w, saved_b = w.detach().clone(), None if b is None else b.detach().clone()
+    with torch.no_grad():
+        want = norm(norm_input).float() / s
+        for form in ("gain", "one_plus_gain"):
+            if form == "gain":
+                w.copy_((saved_w.float() / s).to(w.dtype))
+            else:
+                w.copy_(((1.0 + saved_w.float()) / s - 1.0).to(w.dtype))
+            if b is not None:
+                b.copy_((saved_b.float() / s).to(b.dtype))
+            got = norm(norm_input).float()
+            tol = 1e-4 * want.abs().amax(-1, keepdim=True).clamp_min(1e-30) + 1e-4 * want.abs()
+            if got.shape == want.shape and ((got - want).abs() <= tol).all():
+                g.form = form
+
+                def undo(w=w, b=b, saved_w=saved_w, saved_b=saved_b):
+                    with torch.no_grad():
+                        w.copy_(saved_w)
+                        if b is not None:
+                            b.copy_(saved_b)
+                g.undo.append(undo)
+                return True
+        w.copy_(saved_w)
+        if b is not None:
+            b.copy_(saved_b)
+    return False
+
+
+def _scale_columns(model: nn.Module, name: str, s: Tensor, g: SmoothGroup) -> None:
+    """Multiplies the layer's weight columns (input channels) by s."""
+    mod = model.get_submodule(name)
+    saved = mod.weight.detach().clone()
+    with torch.no_grad():
+        if isinstance(mod, nn.Linear):
+            mod.weight.copy_((saved.float() * s).to(saved.dtype))
+        else:  # Conv1D: weight [in, out]
+            mod.weight.copy_((saved.float() * s[:, None]).to(saved.dtype))
+
+    def undo():
+        with torch.no_grad():
+            mod.weight.copy_(saved)
+    g.undo.append(undo)
+
+
+def _scale_rows(model: nn.Module, name: str, r: Tensor, g: SmoothGroup) -> None:
+    """Multiplies the layer's output rows (and bias) by r."""
+    mod = model.get_submodule(name)
+    saved_w = mod.weight.detach().clone()
+    saved_b = None if mod.bias is None else mod.bias.detach().clone()
+    with torch.no_grad():
+        mod.weight.copy_((saved_w.float() * r[:, None]).to(saved_w.dtype))
+        if saved_b is not None:
+            mod.bias.copy_((saved_b.float() * r).to(saved_b.dtype))
+
+    def undo():
+        with torch.no_grad():
+            mod.weight.copy_(saved_w)
+            if saved_b is not None:
+                mod.bias.copy_(saved_b)
+    g.undo.append(undo)
+
+
+def _inputs_and_output(model: nn.Module, names: Sequence[str], batch):
+    """({module name: its first input's first rows}, the model's outputs) of
+    one forward pass on ``batch``."""
+    got: Dict[str, Tensor] = {}
+    handles = []
+    for n in set(names):
+        def hook(mod, args, n=n):
+            if n not in got and args and isinstance(args[0], Tensor):
+                got[n] = _rows(args[0])
+        handles.append(model.get_submodule(n).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            out = _flat_outputs(_run(model, batch))
+    finally:
+        for h in handles:
+            h.remove()
+    return got, out
+
+
+def _flat_outputs(out) -> List[Tensor]:
+    if isinstance(out, Tensor):
+        return [out.detach().float()]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flat_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _flat_outputs(v)]
+    return []
+
+
+def _close(a: List[Tensor], b: List[Tensor], rtol: float = 1e-3) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            return False
+        if x.numel() and (x - y).abs().max() > rtol * y.abs().max().clamp_min(1e-30):
+            return False
+    return True
+
+
+def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup]:
+    """Folds every "norm" and "linear" group that has factors into the model;
+    a fold that does not reproduce the float model's behaviour on ``batch`` is
+    undone and its group becomes "input" groups (one per member). Returns the
+    groups as they end up."""
+    folded = [n for g in groups if g.factors is not None and g.kind != "input"
+              for n in g.members]
+    norms = [g.source for g in groups if g.kind == "norm" and g.factors is not None]
+    seen, before = _inputs_and_output(model, folded + norms, batch)
+    for g in groups:
+        if g.factors is None or g.kind == "input":
+            continue
+        if g.kind == "norm":
+            if not _fold_norm(model, g, g.factors, seen[g.source]):
+                g.kind = "input"
+                continue
+        else:
+            cmap = g.channel_map
+            n_src = model.get_submodule(g.source).out_features
+            known = cmap >= 0
+            r = torch.ones(n_src).scatter(0, cmap[known], 1.0 / g.factors[known])
+            _scale_rows(model, g.source, r, g)
+        for n in g.members:
+            _scale_columns(model, n, g.factors, g)
+
+    # Check: each folded layer now sees its old input divided by s, and the
+    # model's output is unchanged.
+    after_in, after = _inputs_and_output(model, folded, batch)
+    undone = False
+    for g in groups:
+        if g.kind == "input" or g.factors is None:
+            continue
+        if not all(_close([after_in[n] * g.factors], [seen[n]]) for n in g.members):
+            for u in reversed(g.undo):
+                u()
+            g.undo.clear()
+            g.kind = "input"
+            undone = True
+    if undone:  # the output is checked with what remains folded
+        after = _inputs_and_output(model, [], batch)[1]
+    if not _close(after, before):
+        for g in groups:
+            for u in reversed(g.undo):
+                u()
+            g.undo.clear()
+            if g.kind != "input":
+                g.kind = "input"
+    out: List[SmoothGroup] = []
+    for g in groups:
+        if g.kind == "input" and len(g.members) > 1:
+            out.extend(SmoothGroup("input", [n], alpha=g.alpha, factors=g.factors)
+                       for n in g.members)
+        else:
+            if g.kind == "input":
+                g.source, g.channel_map = "", None
+            out.append(g)
+    return out
