@@ -14,6 +14,7 @@ import contextlib
 import zlib
 from typing import Optional
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,3 +182,12 @@ def assert_untouched(model, snap: tuple) -> None:
     for k, v in tensors.items():
         assert now[k].dtype == v.dtype and torch.equal(
             now[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
+
+
+BITS = list(range(2, 9))  # every bit width the ops take
+F32 = np.float32
+
+
+def f32(v) -> float:
+    """A Python float holding the float32 nearest to v."""
+    return float(np.float32(v))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -26,6 +25,8 @@ import torch_quant as tq
 from torch_quant import reference as ref
 
 from conftest import (
+    F32,
+    f32,
     FLT_EPSILON,
     MODES,
     assert_same,
@@ -38,13 +39,6 @@ from conftest import (
     torch_per_tensor,
 )
 
-BITS = list(range(2, 9))
-F32 = np.float32
-
-
-def f32(v) -> float:
-    """A Python float holding the float32 nearest to v."""
-    return float(np.float32(v))
 
 
 # ---------------------------------------------------------------------------

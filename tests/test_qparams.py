@@ -16,6 +16,9 @@ import torch_quant as tq
 from torch_quant import reference as ref
 
 from conftest import (
+    BITS,
+    F32,
+    f32,
     FLT_EPSILON,
     MODES,
     SUPPORTED_ISAS,
@@ -28,13 +31,6 @@ from conftest import (
     using_isa,
 )
 
-BITS = list(range(2, 9))
-F32 = np.float32
-
-
-def f32(v) -> float:
-    """A Python float holding the float32 nearest to v."""
-    return float(np.float32(v))
 
 
 # ---------------------------------------------------------------------------
