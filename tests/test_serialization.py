@@ -340,3 +340,20 @@ def test_shared_layer_save_load_into_fresh_float_model(tmp_path, gran):
     assert isinstance(fresh.a, QuantLinear) and fresh.a is fresh.b
     x = torch.randn(5, 8)
     assert torch.equal(fresh(x), src(x))
+
+
+def test_whole_model_load_state_dict_checks_every_layer_first():
+    """A model converted by quantize_ (or loaded by tq.load) checks every
+    quantized layer's entries before any module loads: a bad value in its
+    last layer leaves the first one (and everything else) as it was."""
+    model = tq.quantize_model(mlp(0), "symmetric", "per_tensor", calib(), progress=False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["0.bias"] += 1.0
+    state["4.input_scale"].fill_(float("nan"))
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=r"load_state_dict: 4\.input_scale must be finite"):
+        model.load_state_dict(state)
+    assert_untouched(model, snap)
+    state["4.input_scale"] = model.state_dict()["4.input_scale"]
+    model.load_state_dict(state)  # the good values load
+    assert torch.equal(model[0].bias, snap[1]["0.bias"] + 1.0)

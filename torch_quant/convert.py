@@ -18,7 +18,7 @@ from .auto import check_auto, choose_mode
 from .calibration import calibrate, static_range
 from .config import QuantConfig
 from .nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d, quantized_layers,
-                 rotated_weight, set_module)
+                 rotated_weight, set_module, watch_loads)
 from .smoothing import (SmoothGroup, choose_alpha, choose_rotation, find_groups, fold,
                         probe_batch, smoothing_factors)
 from .smoothing_groups import _flat_outputs, _run  # model(batch) for any batch form
@@ -236,6 +236,7 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
         set_module(model, name, q)
     if alternatives and reference_out is not None:
         check_auto(model, layers, alternatives, converted, check_batch, reference_out)
+    watch_loads(model)  # model.load_state_dict checks every layer before any loads
     return model
 
 

@@ -361,3 +361,24 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def quantized_layers(model: nn.Module) -> List[tuple]:
     """``(name, QuantLinear)`` of every quantized layer, in module order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+
+
+def check_model_state(model: nn.Module, state_dict, prefix: str, local_metadata, strict,
+                      missing_keys, unexpected_keys, error_msgs) -> None:
+    """A load_state_dict pre-hook of a whole model (``tq.quantize_`` and
+    ``tq.load`` register it on the model they convert): every QuantLinear's
+    entries are checked (``QuantLinear.check_state``) before any module
+    loads, so a bad value in the last layer leaves the first one as it was."""
+    for name, q in model.named_modules(prefix=prefix.rstrip(".")):
+        if isinstance(q, QuantLinear):
+            p = f"{name}." if name else ""
+            mine = {b: state_dict[p + b] for b in q._buffers if p + b in state_dict}
+            q.check_state(mine, "load_state_dict", p)
+
+
+def watch_loads(model: nn.Module) -> None:
+    """Registers check_model_state on ``model`` once (a visible hook of the
+    model's own, in ``model._load_state_dict_pre_hooks``)."""
+    hooks = getattr(model, "_load_state_dict_pre_hooks", {}).values()
+    if not any(getattr(h, "hook", h) is check_model_state for h in hooks):
+        model.register_load_state_dict_pre_hook(check_model_state)

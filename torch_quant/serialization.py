@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_hadamard_block,
-                 float_weight_and_bias, is_conv1d, quantized_layers, set_module)
+                 float_weight_and_bias, is_conv1d, quantized_layers, set_module,
+                 watch_loads)
 
 __all__ = ["save", "load"]
 
@@ -272,5 +273,6 @@ def load_layers(model: nn.Module, layers: dict, tensors: Dict[str, Tensor], wher
         q.train(model.get_submodule(name).training)
     for name, q in replacements.items():
         set_module(model, name, q)
+    watch_loads(model)
     model.load_state_dict(tensors, strict=True)
     return model
