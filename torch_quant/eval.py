@@ -49,11 +49,10 @@ from torch import nn
 
 from .config import QuantConfig
 from .convert import quantize_
-# (re-exported: the evaluation's pieces, by module)
-from .eval_inputs import (DEFAULT_MODEL, MODELS, bos_token, calibration_batches,  # noqa: F401
-                          load_model, load_texts, named_gguf)
-from .eval_report import Result, format_table, plot, smoothing_summary  # noqa: F401
-from .eval_windows import (EvalError, Scores, _dist, evaluate, perplexity,  # noqa: F401
+from .eval_inputs import (DEFAULT_MODEL, MODELS, bos_token, calibration_batches, load_model,
+                          load_texts)
+from .eval_report import Result, format_table, plot, smoothing_summary
+from .eval_windows import (EvalError, _dist, evaluate, perplexity,
                            weight_bytes, windows)
 from .report import quantization_report
 

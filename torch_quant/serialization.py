@@ -92,8 +92,6 @@ def _held_tensors(model: nn.Module, replacements: Optional[Dict[str, QuantLinear
         m = (replacements or {}).get(name, m)
         if isinstance(m, QuantLinear):
             held[f"{name}.weight" if name else "weight"] = m.weight
-    for name, q in (replacements or {}).items():
-        held[f"{name}.weight"] = q.weight
     return held
 
 
