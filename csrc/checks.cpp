@@ -10,6 +10,10 @@
 
 namespace torch_quant {
 
+std::string dtype_name(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
 Mode parse_mode(const char* op, std::string_view mode, const char* name) {
   if (mode == "symmetric") return Mode::Symmetric;
   if (mode == "asymmetric") return Mode::Asymmetric;
@@ -24,7 +28,7 @@ void check_bits(const char* op, int64_t bits) {
 void check_float_input(const char* op, const char* name, const at::Tensor& x) {
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op, ": ", name,
-              " must be float32, float16 or bfloat16, got ", t);
+              " must be float32, float16 or bfloat16, got ", dtype_name(t));
 }
 
 int64_t normalize_axis(const char* op, const at::Tensor& x, int64_t axis) {
@@ -46,11 +50,12 @@ ParamLayout check_qparams(const char* op, const char* x_name, const at::Tensor& 
                           std::optional<int64_t> axis, const char* scale_name,
                           const char* zp_name) {
   TORCH_CHECK(scale.is_floating_point(), op, ": ", scale_name,
-              " must be a floating-point tensor, got ", scale.scalar_type());
+              " must be a floating-point tensor, got ", dtype_name(scale.scalar_type()));
   TORCH_CHECK(!c10::isFloatingType(zero_point.scalar_type()) &&
                   !c10::isComplexType(zero_point.scalar_type()) &&
                   zero_point.scalar_type() != at::kBool,
-              op, ": ", zp_name, " must be an integer tensor, got ", zero_point.scalar_type());
+              op, ": ", zp_name, " must be an integer tensor, got ",
+              dtype_name(zero_point.scalar_type()));
   TORCH_CHECK(scale.device() == x.device(), op, ": ", scale_name, " is on ", scale.device(),
               " but ", x_name, " is on ", x.device());
   TORCH_CHECK(zero_point.device() == x.device(), op, ": ", zp_name, " is on ",
@@ -110,7 +115,7 @@ std::pair<at::Tensor, at::Tensor> checked_qparam_values(const char* op, const at
 
 void check_pack_weight_args(const char* op, const at::Tensor& w_q) {
   TORCH_CHECK(w_q.scalar_type() == at::kChar, op, ": w_q must be int8 (symmetric), got ",
-              w_q.scalar_type());
+              dtype_name(w_q.scalar_type()));
   TORCH_CHECK(w_q.dim() == 2, op, ": w_q must have shape [N, K], got ", w_q.sizes());
   TORCH_CHECK(w_q.size(1) <= kMaxLinearK, op, ": K = ", w_q.size(1), " is larger than ",
               kMaxLinearK, ", the largest K whose int32 accumulator is exact");
@@ -118,11 +123,11 @@ void check_pack_weight_args(const char* op, const at::Tensor& w_q) {
 
 void check_unpack_weight_args(const char* op, const at::Tensor& w_packed, int64_t K) {
   TORCH_CHECK(w_packed.scalar_type() == at::kChar, op, ": w_packed must be int8, got ",
-              w_packed.scalar_type());
+              dtype_name(w_packed.scalar_type()));
   TORCH_CHECK(K >= 0 && K <= kMaxLinearK, op, ": K must be in [0, ", kMaxLinearK, "], got ", K);
-  TORCH_CHECK(w_packed.dim() == 3 && w_packed.size(1) == cpu::packed_groups(K) + 2 &&
+  TORCH_CHECK(w_packed.dim() == 3 && w_packed.size(1) == cpu::packed_rows(K) &&
                   w_packed.size(2) == 4,
-              op, ": w_packed must have shape [N, ", cpu::packed_groups(K) + 2,
+              op, ": w_packed must have shape [N, ", cpu::packed_rows(K),
               ", 4] (pack_weight of an [N, ", K, "] weight), got ", w_packed.sizes());
 }
 
@@ -137,11 +142,11 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
                             const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& w_sum) {
   TORCH_CHECK(w_q.scalar_type() == at::kChar, op, ": w_q must be int8 (symmetric), got ",
-              w_q.scalar_type());
+              dtype_name(w_q.scalar_type()));
   TORCH_CHECK(x.dim() >= 1, op, ": the activations must have shape [*, K], got a 0-dim tensor");
   const int64_t N = w_q.dim() >= 1 ? w_q.size(0) : 0, K = x.size(-1);
   if (is_packed_weight(w_q)) {
-    TORCH_CHECK(w_q.size(1) == cpu::packed_groups(K) + 2 && w_q.size(2) == 4, op,
+    TORCH_CHECK(w_q.size(1) == cpu::packed_rows(K) && w_q.size(2) == 4, op,
                 ": K mismatch: the packed w_q has shape ", w_q.sizes(),
                 " (from pack_weight of an [N, K] weight: [N, ceil(K / 4) + 2, 4]) but the "
                 "activations have shape ", x.sizes());
@@ -162,20 +167,20 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
   same_device("w_q", w_q);
   same_device("w_scale", w_scale);
   TORCH_CHECK(w_scale.is_floating_point(), op,
-              ": w_scale must be a floating-point tensor, got ", w_scale.scalar_type());
+              ": w_scale must be a floating-point tensor, got ", dtype_name(w_scale.scalar_type()));
   TORCH_CHECK(w_scale.numel() == 1 || (w_scale.dim() == 1 && w_scale.size(0) == N), op,
               ": w_scale must have one element or shape [", N, "], got ", w_scale.sizes());
   if (bias.has_value()) {
     same_device("bias", *bias);
     TORCH_CHECK(bias->is_floating_point(), op, ": bias must be a floating-point tensor, got ",
-                bias->scalar_type());
+                dtype_name(bias->scalar_type()));
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, op, ": bias must have shape [", N,
                 "], got ", bias->sizes());
   }
   if (w_sum.has_value()) {
     same_device("w_sum", *w_sum);
     TORCH_CHECK(w_sum->scalar_type() == at::kInt, op, ": w_sum must be int32, got ",
-                w_sum->scalar_type());
+                dtype_name(w_sum->scalar_type()));
     TORCH_CHECK(w_sum->dim() == 1 && w_sum->size(0) == N, op, ": w_sum must have shape [", N,
                 "], got ", w_sum->sizes());
   }
@@ -203,7 +208,7 @@ void check_linear_activation(const char* op, const at::Tensor& x_q,
                              const at::Tensor& x_scale, const at::Tensor& x_zero_point) {
   const auto code = x_q.scalar_type();
   TORCH_CHECK(code == at::kChar || code == at::kByte, op,
-              ": x_q must be int8 (symmetric) or uint8 (asymmetric), got ", code);
+              ": x_q must be int8 (symmetric) or uint8 (asymmetric), got ", dtype_name(code));
   TORCH_CHECK(x_q.dim() >= 1, op, ": x_q must have shape [*, K], got a 0-dim tensor");
   // One pair, or one per row: both layouts are what quantized_linear takes.
   check_qparams(op, "x_q", x_q, x_scale, x_zero_point, std::nullopt, "x_scale",
@@ -248,10 +253,10 @@ DequantizeArgs check_dequantize_args(const char* op, const at::Tensor& q, const 
                                      std::optional<at::ScalarType> dtype, ValueCheck values) {
   const auto code = q.scalar_type();
   TORCH_CHECK(code == at::kChar || code == at::kByte, op,
-              ": q must be int8 (symmetric) or uint8 (asymmetric), got ", code);
+              ": q must be int8 (symmetric) or uint8 (asymmetric), got ", dtype_name(code));
   const at::ScalarType out_dtype = dtype.value_or(at::kFloat);
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16,
-              op, ": dtype must be float32, float16 or bfloat16, got ", out_dtype);
+              op, ": dtype must be float32, float16 or bfloat16, got ", dtype_name(out_dtype));
   const ParamLayout layout = check_qparams(op, "q", q, scale, zero_point, axis);
   const QRange range = code == at::kChar ? QRange{-128, 127} : QRange{0, 255};
   if (values == ValueCheck::Device) return {out_dtype, layout, at::Tensor(), at::Tensor()};
@@ -268,7 +273,7 @@ QuantizedLinearArgs check_quantized_linear_args(
   const int64_t N = check_linear_weight(op, x_q, w_q, w_scale, bias, w_sum);
   const at::ScalarType dtype = out_dtype.value_or(at::kFloat);
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
-              ": out_dtype must be float32, float16 or bfloat16, got ", dtype);
+              ": out_dtype must be float32, float16 or bfloat16, got ", dtype_name(dtype));
   const bool a_signed = x_q.scalar_type() == at::kChar;
   const QRange range = a_signed ? QRange{-128, 127} : QRange{0, 255};
   if (values == ValueCheck::Device) {
@@ -302,7 +307,7 @@ DynamicLinearArgs check_dynamic_quantized_linear_args(
   if (smooth.has_value()) {
     const at::Tensor& s = *smooth;
     TORCH_CHECK(at::isFloatingType(s.scalar_type()), op,
-                ": smooth must be a floating tensor, got ", s.scalar_type());
+                ": smooth must be a floating tensor, got ", dtype_name(s.scalar_type()));
     TORCH_CHECK(s.dim() == 1 && s.size(0) == x.size(-1), op, ": smooth must have shape [K] = [",
                 x.size(-1), "] (one factor per input channel), got ", s.sizes());
     TORCH_CHECK(s.device() == x.device(), op, ": smooth must be on x's device (", x.device(),

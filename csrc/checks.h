@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -15,6 +16,10 @@
 #include "quant_math.h"
 
 namespace torch_quant {
+
+// A dtype as Python prints it ("torch.int32"): the messages are word for word
+// those of the fake kernels (torch_quant/fake_kernels.py).
+std::string dtype_name(at::ScalarType t);
 
 // "symmetric" | "asymmetric"; `name` is the argument's name in messages.
 Mode parse_mode(const char* op, std::string_view mode, const char* name = "mode");

@@ -11,6 +11,7 @@
 #include "checks.h"
 #include "cpu/gemm.h"
 #include "cpu/isa.h"
+#include "cpu/packed.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace torch_quant::cpu;
@@ -48,6 +49,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         "The TORCH_CUDA_ARCH_LIST this build compiled for, entries joined by '_' "
         "(empty without CUDA).");
+  // The numbers of the shape rules, for the fake kernels (torch_quant/fake_kernels.py)
+  // to read rather than restate.
+  m.attr("MAX_LINEAR_K") = torch_quant::kMaxLinearK;
+  m.attr("PACKED_GROUP_K") = kGroupK;
+  m.attr("PACKED_TAIL_GROUPS") = kTailGroups;
   m.def("_kernel_peaks",
         [](double seconds) {
           std::map<std::string, double> out;

@@ -1,6 +1,6 @@
 // Every schema of the torch_quant namespace, in one place (docs/semantics.md, "Operators").
 // Backends register implementations with TORCH_LIBRARY_IMPL in csrc/cpu/ and
-// csrc/cuda/; fake (meta) kernels live in torch_quant/ops.py.
+// csrc/cuda/; fake (meta) kernels live in torch_quant/fake_kernels.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(torch_quant, m) {

@@ -86,7 +86,7 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
     pw.data = w.const_data_ptr<int8_t>();
     check_packed_k(op, "w_q", pw);
   } else if (use_packed) {
-    packed_tmp = at::empty({N, packed_groups(K) + 2, 4}, w.options());
+    packed_tmp = at::empty({N, packed_rows(K), 4}, w.options());
     pack(w.const_data_ptr<int8_t>(), K, N, K, packed_tmp.mutable_data_ptr<int8_t>());
     pw.data = packed_tmp.const_data_ptr<int8_t>();
   }
@@ -193,8 +193,6 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   // Per-token quantization, row by row as quantize_per_token does it, into
   // the codes the kernels read (filled inside linear()'s preparing pass).
   const bool a_signed = mode == Mode::Symmetric;
-  const QRange range = qrange(mode, 8);
-  const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
   // Not value-initialised: every byte is written by fill.
   const std::unique_ptr<uint8_t[]> codes_buf(new uint8_t[static_cast<size_t>(M * K)]);
   uint8_t* codes = codes_buf.get();
@@ -204,25 +202,19 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   // factors and then rotated (in float32, in a buffer of the thread's,
   // quant_math.h) and the result is what gets quantized.
   const float* sm = smooth.defined() ? smooth.const_data_ptr<float>() : nullptr;
-  const auto quantize_row = [&](const auto* row, int64_t r) {
-    float lo = INFINITY, hi = -INFINITY;
-    minmax(row, K, &lo, &hi);
-    const QParams p = compute_qparams(lo, hi, mode, 8);
+  const auto quantize_one = [&](const auto* row, int64_t r) {
+    const QParams p = a_signed
+        ? quantize_row(row, K, mode, 8, reinterpret_cast<int8_t*>(codes) + r * K)
+        : quantize_row(row, K, mode, 8, codes + r * K);
     scales[r] = p.scale;
     zps[r] = p.zero_point;
-    const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point);
-    if (a_signed) {
-      quantize(row, K, inv, z, qmin, qmax, reinterpret_cast<int8_t*>(codes) + r * K);
-    } else {
-      quantize(row, K, inv, z, qmin, qmax, codes + r * K);
-    }
   };
   const auto fill = [&](int64_t begin, int64_t end) {
     visit_float(x.scalar_type(), [&](auto tag) {
       using In = decltype(tag);
       const In* xp = x.const_data_ptr<In>();
       if (sm == nullptr && hadamard_block == 0) {
-        for (int64_t r = begin; r < end; ++r) quantize_row(xp + r * K, r);
+        for (int64_t r = begin; r < end; ++r) quantize_one(xp + r * K, r);
         return;
       }
       std::vector<float> buf(static_cast<size_t>(K));
@@ -234,7 +226,7 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
           for (int64_t k = 0; k < K; ++k) buf[k] = static_cast<float>(row[k]);
         }
         if (hadamard_block > 0) hadamard(buf.data(), K, hadamard_block);
-        quantize_row(buf.data(), r);
+        quantize_one(buf.data(), r);
       }
     });
   };

@@ -76,7 +76,7 @@ at::Tensor pack_weight_cpu(const at::Tensor& w_q) {
   check_pack_weight_args("torch_quant.pack_weight", w_q);
   const at::Tensor w = w_q.contiguous();
   const int64_t N = w.size(0), K = w.size(1);
-  at::Tensor out = at::empty({N, packed_groups(K) + 2, 4}, w.options());
+  at::Tensor out = at::empty({N, packed_rows(K), 4}, w.options());
   if (out.numel() > 0) pack(w.const_data_ptr<int8_t>(), K, N, K, out.mutable_data_ptr<int8_t>());
   return out;
 }

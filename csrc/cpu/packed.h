@@ -27,7 +27,12 @@ constexpr int64_t kPanelCols = 16;
 constexpr int32_t kFlagHasMin = 1;  // the column holds -128
 constexpr int kFlagKShift = 8;      // flags >> kFlagKShift: the K it was packed with
 
-inline int64_t packed_groups(int64_t K) { return (K + 3) / 4; }
+constexpr int64_t kGroupK = 4;       // k per group: the bytes vpdpbusd multiplies into one int32
+constexpr int64_t kTailGroups = 2;   // per column after its groups: its sum and its flags
+
+inline int64_t packed_groups(int64_t K) { return (K + kGroupK - 1) / kGroupK; }
+// G of the packed [N, G, 4]: K's groups, then the sum and the flags.
+inline int64_t packed_rows(int64_t K) { return packed_groups(K) + kTailGroups; }
 
 // A packed weight as the kernels see it.
 struct PackedWeight {
@@ -35,7 +40,7 @@ struct PackedWeight {
   int64_t N, K;
 
   int64_t kg() const { return packed_groups(K); }
-  int64_t g() const { return kg() + 2; }
+  int64_t g() const { return packed_rows(K); }
   int64_t panels() const { return (N + kPanelCols - 1) / kPanelCols; }
   int panel_cols(int64_t p) const {
     const int64_t left = N - p * kPanelCols;
@@ -80,7 +85,7 @@ struct PackedWeight {
 void check_packed_k(const char* op, const char* name, const PackedWeight& pw);
 
 // Packs columns [n0, n1) of w ([N, K], row stride ldw) into out, the whole
-// packed tensor (N * (packed_groups(K) + 2) * 4 bytes).
+// packed tensor (N * packed_rows(K) * 4 bytes).
 void pack_columns(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int64_t n0, int64_t n1,
                   int8_t* out);
 // The whole weight, in parallel.

@@ -205,8 +205,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cpu(
   at::Tensor q = at::empty(x.sizes(), x.options().dtype(code_dtype(mode)));
   at::Tensor scale = at::empty(row_shape, x.options().dtype(at::kFloat));
   at::Tensor zero_point = at::empty(row_shape, x.options().dtype(at::kInt));
-  const QRange range = qrange(mode, static_cast<int>(bits));
-  const float qmin = static_cast<float>(range.qmin), qmax = static_cast<float>(range.qmax);
   float* sp = scale.mutable_data_ptr<float>();
   int32_t* zp = zero_point.mutable_data_ptr<int32_t>();
 
@@ -220,13 +218,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cpu(
       const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(k, 1));
       at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          float lo = INFINITY, hi = -INFINITY;
-          minmax(xp + r * k, k, &lo, &hi);
-          const QParams p = compute_qparams(lo, hi, mode, static_cast<int>(bits));
+          const QParams p = quantize_row(xp + r * k, k, mode, static_cast<int>(bits), qp + r * k);
           sp[r] = p.scale;
           zp[r] = p.zero_point;
-          quantize(xp + r * k, k, 1.0f / p.scale, static_cast<float>(p.zero_point), qmin,
-                   qmax, qp + r * k);
         }
       });
     });

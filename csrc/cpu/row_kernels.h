@@ -10,16 +10,19 @@
 //   dequantize      x[i] = dequantize_val(q[i], scale, zero_point)
 //   dequantize_pc   x[i] = dequantize_val(q[i], scale[i], zero_point[i])
 //   hadamard        quant_math.h's hadamard_stages in place (same stages, same bits)
+//   quantize_row    minmax, compute_qparams and quantize of one row (per token)
 //
 // Zero points travel as float here: they are small integers, exact in float,
 // and the vector code then needs no integer/float conversions per element.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "../quant_math.h"
 #include "isa.h"
 #include "target.h"
 
@@ -92,5 +95,19 @@ inline void hadamard(float* v, int64_t n, int64_t block) {
 }
 
 #undef TORCH_QUANT_DISPATCH_ISA
+
+// One row quantized with its own parameters (per token): its finite range,
+// its (scale, zero_point) by compute_qparams, then its codes. The one
+// per-token loop body, of quantize_per_token and dynamic_quantized_linear.
+template <typename In, typename Q>
+QParams quantize_row(const In* x, int64_t k, Mode mode, int bits, Q* q) {
+  float lo = INFINITY, hi = -INFINITY;
+  minmax(x, k, &lo, &hi);
+  const QParams p = compute_qparams(lo, hi, mode, bits);
+  const QRange r = qrange(mode, bits);
+  quantize(x, k, 1.0f / p.scale, static_cast<float>(p.zero_point), static_cast<float>(r.qmin),
+           static_cast<float>(r.qmax), q);
+  return p;
+}
 
 }  // namespace torch_quant::cpu
