@@ -191,3 +191,25 @@ F32 = np.float32
 def f32(v) -> float:
     """A Python float holding the float32 nearest to v."""
     return float(np.float32(v))
+
+
+def raises(op: str, arg: str):
+    """pytest.raises for an error whose message names `op` and then `arg` (as a word)."""
+    return pytest.raises((RuntimeError, ValueError),
+                         match=rf"{op.replace('.', r'[.]')}\b.*\b{arg}\b")
+
+
+def assert_fake_raises_as_real(fn, real: dict, op: str, arg: str) -> None:
+    """fn(real tensors) raises naming op and arg (the case is a real error), and
+    fn(the same as fake tensors) raises the same message word for word: the
+    fake kernel and the C++ check state one rule."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with raises(op, arg) as real_err:
+        fn(real)
+    with FakeTensorMode() as mode:
+        fake = {k: mode.from_tensor(v) for k, v in real.items()}
+        with raises(op, arg) as fake_err:
+            fn(fake)
+    first = [str(e.value).splitlines()[0] for e in (real_err, fake_err)]
+    assert first[1] == first[0], f"fake kernel: {first[1]!r}\nC++ kernel:  {first[0]!r}"

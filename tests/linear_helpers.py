@@ -103,6 +103,16 @@ def w_params(gen, N, per_channel, with_bias):
     return w_scale, bias
 
 
+def problem(gen, lead, K, N, xdtype, per_token=True):
+    """A random quantized_linear input: (x_q [*lead, K] of xdtype, x_scale,
+    x_zero_point (per token or per tensor), w_q [N, K], w_scale [N], bias [N])."""
+    x_q = codes(gen, (*lead, K), xdtype)
+    w_q = codes(gen, (N, K), torch.int8)
+    xs, xz = x_params(gen, lead, xdtype, per_token)
+    ws, bias = w_params(gen, N, True, True)
+    return x_q, xs, xz, w_q, ws, bias
+
+
 def sym_weight(w: torch.Tensor):
     """Symmetric per-channel int8 weights (w_q, w_scale) of a float [N, K] weight."""
     s, z = tq.choose_qparams(w, "symmetric", axis=0)

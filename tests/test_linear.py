@@ -23,8 +23,8 @@ import torch
 import torch_quant as tq
 
 from conftest import MODES, SUPPORTED_ISAS, assert_same, num_threads, random_scale, using_isa
-from linear_helpers import (FLOATS, INT32_MAX, INT32_MIN, MAX_K, codes, composite, ref_dot,
-                            ref_linear, w_params, weight_form, x_params)  # noqa: F401  (weight_form: autouse fixture)
+from linear_helpers import (FLOATS, INT32_MAX, INT32_MIN, MAX_K, codes, composite, problem,
+                            ref_dot, ref_linear, w_params, weight_form, x_params)  # noqa: F401  (weight_form: autouse fixture)
 
 # ---------------------------------------------------------------------------
 # the oracle itself
@@ -237,11 +237,7 @@ EMPTY_CASES = [
 @pytest.mark.parametrize("xshape,N,per_token", EMPTY_CASES, ids=[str(c) for c in EMPTY_CASES])
 @pytest.mark.parametrize("xdtype", [torch.int8, torch.uint8], ids=["int8", "uint8"])
 def test_empty_shapes(isa, gen, xshape, N, per_token, xdtype):
-    K = xshape[-1]
-    x_q = codes(gen, xshape, xdtype)
-    w_q = codes(gen, (N, K), torch.int8)
-    xs, xz = x_params(gen, xshape[:-1], xdtype, per_token)
-    ws, bias = w_params(gen, N, True, True)
+    x_q, xs, xz, w_q, ws, bias = problem(gen, xshape[:-1], xshape[-1], N, xdtype, per_token)
     for out_dtype in (None, torch.float16):
         got = tq.quantized_linear(x_q, xs, xz, w_q, ws, bias, out_dtype=out_dtype)
         assert got.shape == (*xshape[:-1], N)
@@ -275,10 +271,7 @@ def _strided(t: torch.Tensor, how: str) -> torch.Tensor:
 @pytest.mark.parametrize("xdtype", [torch.int8, torch.uint8], ids=["int8", "uint8"])
 def test_non_contiguous_inputs(isa, gen, how, xdtype):
     M, K, N = 9, 70, 11
-    x_q = codes(gen, (M, K), xdtype)
-    w_q = codes(gen, (N, K), torch.int8)
-    xs, xz = x_params(gen, (M,), xdtype, True)
-    ws, bias = w_params(gen, N, True, True)
+    x_q, xs, xz, w_q, ws, bias = problem(gen, (M,), K, N, xdtype)
     w_sum = w_q.int().sum(1, dtype=torch.int32)
     exp = tq.quantized_linear(x_q, xs, xz, w_q, ws, bias, w_sum)
     assert_same(exp, ref_linear(x_q, xs, xz, w_q, ws, bias), "contiguous")
@@ -356,10 +349,7 @@ def test_out_dtype_is_float_result_cast(isa, gen, out_dtype, xdtype):
 @pytest.mark.parametrize("xdtype", [torch.int8, torch.uint8], ids=["int8", "uint8"])
 def test_thread_count_does_not_change_results(isa, restore_threads, gen, xdtype):
     M, K, N = 130, 1000, 300
-    x_q = codes(gen, (M, K), xdtype)
-    w_q = codes(gen, (N, K), torch.int8)
-    xs, xz = x_params(gen, (M,), xdtype, True)
-    ws, bias = w_params(gen, N, True, True)
+    x_q, xs, xz, w_q, ws, bias = problem(gen, (M,), K, N, xdtype)
     x = torch.randn(M, K, generator=gen)
     mode = "symmetric" if xdtype == torch.int8 else "asymmetric"
     results = {}

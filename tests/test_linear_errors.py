@@ -11,6 +11,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import torch_quant as tq
+from conftest import assert_fake_raises_as_real, raises
 
 QL = "torch_quant.quantized_linear"
 DQL = "torch_quant.dynamic_quantized_linear"
@@ -30,11 +31,6 @@ KBIG = 65794
 
 def _t(v, dtype=None):
     return torch.tensor(v, dtype=dtype)
-
-
-def raises(op: str, arg: str):
-    """pytest.raises for a RuntimeError naming `op` and then `arg` (as a word)."""
-    return pytest.raises(RuntimeError, match=rf"{op.replace('.', r'[.]')}\b.*\b{arg}\b")
 
 
 def ql(x_q=XQ, x_scale=XS, x_zero_point=XZ, w_q=WQ, w_scale=WS, bias=None, w_sum=None,
@@ -239,12 +235,8 @@ def test_act_mode_error_names_the_argument():
     """docs/semantics.md ("Operators"): the message names the argument. The schema's argument is
     `act_mode`; a message that says only "mode" names no argument of this op.
     Checked for the real and the fake kernel."""
-    with raises(DQL, "act_mode"):
-        dql(act_mode="affine")
-    with FakeTensorMode() as mode:
-        x, w_q, w_scale = (mode.from_tensor(t) for t in (X, WQ, WS))
-        with raises(DQL, "act_mode"):
-            dql(x, w_q, w_scale, act_mode="affine")
+    assert_fake_raises_as_real(lambda t: dql(t["x"], t["w_q"], t["w_scale"], act_mode="affine"),
+                               dict(x=X, w_q=WQ, w_scale=WS), DQL, "act_mode")
 
 
 def test_failed_call_leaves_inputs_untouched():
@@ -324,14 +316,7 @@ def _tensors():
 
 @pytest.mark.parametrize("fn,op,arg", [c[1:] for c in FAKE_CASES], ids=[c[0] for c in FAKE_CASES])
 def test_fake_kernels_raise(fn, op, arg):
-    real = _tensors()
-    # the same call on real tensors raises too (the case is a real error)
-    with raises(op, arg):
-        fn(real)
-    with FakeTensorMode() as mode:
-        fake = {k: mode.from_tensor(v) for k, v in real.items()}
-        with raises(op, arg):
-            fn(fake)
+    assert_fake_raises_as_real(fn, _tensors(), op, arg)
 
 
 def test_fake_kernels_accept_valid_calls():

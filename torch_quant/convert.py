@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import ops, reference
+from . import fake_kernels, reference
 from .auto import check_auto, choose_mode
 from .calibration import calibrate, static_range
 from .config import QuantConfig
@@ -66,7 +66,7 @@ def _unique(layers: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
 
 
 _LAYER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_K = ops._MAX_LINEAR_K  # the ops' exact-int32 limit
+_MAX_K = fake_kernels.MAX_LINEAR_K  # the ops' exact-int32 limit
 
 
 def check_convertible(where: str, name: str, layer: nn.Module) -> None:
