@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,64 +23,12 @@ from torch_quant.corpus import _unserialize, austen_data_dir, austen_text
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
-
-TEXT = ("It is a truth universally acknowledged , that a single man in possession of a good "
-        "fortune , must be in want of a wife . However little known the feelings or views of "
-        "such a man may be on his first entering a neighbourhood , this truth is so well fixed "
-        "in the minds of the surrounding families , that he is considered the rightful "
-        "property of some one or other of their daughters . ") * 6
-
-
-def _train(model, ids, steps=120, seq=32, seed=0):
-    """A few seconds of training on the text, so that the model's weights are
-    learned (its perplexity far below the vocabulary size) and quantization
-    has something to lose."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, ids.numel() - seq, (8,), generator=g)
-        batch = torch.stack([ids[s:s + seq] for s in starts.tolist()])
-        opt.zero_grad()
-        model(batch, labels=batch).loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def _tokenizer(words, bos=False):
-    vocab = {"[UNK]": 0, "[BOS]": 1, **{w: i + 2 for i, w in enumerate(words)}}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    if bos:
-        tok.post_processor = tokenizers.processors.TemplateProcessing(
-            single="[BOS] $A", special_tokens=[("[BOS]", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                                bos_token="[BOS]" if bos else None), len(vocab)
+from eval_helpers import TEXT, by_hand, cli_args, ids_of, make_tiny, tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(model directory, text file): a 2-layer Llama trained for a few seconds
-    on the text, and a word-level tokenizer (no BOS token)."""
-    d = tmp_path_factory.mktemp("tiny")
-    fast, n_vocab = _tokenizer(sorted(set(TEXT.split())))
-    fast.save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   vocab_size=n_vocab, bos_token_id=1, eos_token_id=0,
-                                   pad_token_id=0, max_position_embeddings=64)
-    model = transformers.LlamaForCausalLM(cfg)
-    ids = torch.tensor(fast(TEXT)["input_ids"])
-    _train(model, ids).save_pretrained(d)
-    text = d / "text.txt"
-    text.write_text(TEXT)
-    return d, text
-
-
-def _ids(model_dir, text):
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    return torch.tensor(tok(Path(text).read_text())["input_ids"])
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])
@@ -117,7 +64,7 @@ def test_windows_with_stride_equal_to_seq_len_keep_one_context_token():
 def test_perplexity_equals_direct_computation(tiny):
     model_dir, text = tiny
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ids = _ids(model_dir, text)[:150]
+    ids = ids_of(model_dir, text)[:150]
     # one window: exactly the model's own mean loss
     with torch.no_grad():
         ref = math.exp(float(model(ids[None], labels=ids[None]).loss))
@@ -139,31 +86,8 @@ def test_perplexity_equals_direct_computation(tiny):
     assert ppl == pytest.approx(math.exp(nll / n), rel=1e-5)
 
 
-def _cli(tiny, tmp_path, *extra):
-    model_dir, text = tiny
-    out = tmp_path / "r.json"
-    args = ["--model", str(model_dir), "--text", str(text), "--seq-len", "24", "--stride", "10",
-            "--max-tokens", "160", "--calibration-tokens", "48", "--no-progress",
-            "--json", str(out), *extra]
-    return args, out
-
-
-def _by_hand(model, ids, seq_len, stride, bos=None):
-    """(NLL sum, count, per-token log-probabilities [count, vocab]) by a
-    direct loop: each scored token predicted from the window before it."""
-    nll, rows = 0.0, []
-    with torch.no_grad():
-        for begin, end, k in tq_eval.windows(ids.numel(), seq_len, stride, bos is not None):
-            x = ids[begin:end] if bos is None else torch.cat([torch.tensor([bos]), ids[begin:end]])
-            logp = torch.log_softmax(model(x[None]).logits[0].double(), -1)
-            for pos in range(x.numel() - k, x.numel()):
-                nll -= float(logp[pos - 1, x[pos]])
-                rows.append(logp[pos - 1])
-    return nll, len(rows), torch.stack(rows)
-
-
 def test_cli_end_to_end(tiny, tmp_path, capsys):
-    args, out = _cli(tiny, tmp_path)
+    args, out = cli_args(tiny, tmp_path)
     assert tq_eval.main(args) == 0
     printed = capsys.readouterr().out
     res = json.loads(out.read_text())
@@ -172,9 +96,9 @@ def test_cli_end_to_end(tiny, tmp_path, capsys):
     assert [r["mode"] for r in res["results"]] == ["fp32", "w8a8-symmetric", "w8a8-asymmetric",
                                                    "w8a8-auto"]
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny[0]).eval()
-    all_ids = _ids(*tiny)
+    all_ids = ids_of(*tiny)
     ids = all_ids[:160]
-    nll, count, ref_logp = _by_hand(model, ids, 24, 10)
+    nll, count, ref_logp = by_hand(model, ids, 24, 10)
     fp32 = res["results"][0]
     assert fp32["tokens_scored"] == count == 159
     assert fp32["nll_sum"] == pytest.approx(nll, rel=1e-6)
@@ -189,7 +113,7 @@ def test_cli_end_to_end(tiny, tmp_path, capsys):
                                                          ("auto", "per_token")]):
         q = tq.quantize_model(copy.deepcopy(model), act_mode, gran, batches, skip=["lm_head"],
                               progress=False)
-        q_nll, q_count, q_logp = _by_hand(q, ids, 24, 10)
+        q_nll, q_count, q_logp = by_hand(q, ids, 24, 10)
         assert r["tokens_scored"] == q_count == 159
         assert r["nll_sum"] == pytest.approx(q_nll, rel=1e-6), r["mode"]
         assert r["nll_sum"] != pytest.approx(nll, rel=1e-6), r["mode"]  # not the float model
@@ -214,7 +138,7 @@ def test_bos_starts_every_window(tmp_path):
     """A tokenizer that adds BOS: every window starts with it (calibration
     batches too) and all evaluated tokens are scored."""
     d = tmp_path / "bos"
-    fast, n_vocab = _tokenizer(sorted(set(TEXT.split())), bos=True)
+    fast, n_vocab = tokenizer(sorted(set(TEXT.split())), bos=True)
     fast.save_pretrained(d)
     torch.manual_seed(1)
     cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -230,7 +154,7 @@ def test_bos_starts_every_window(tmp_path):
                          "--modes", "fp32", "--no-progress", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     ids = torch.tensor(fast(TEXT, add_special_tokens=False)["input_ids"])[:100]
-    nll, count, _ = _by_hand(model, ids, 16, 16, bos=1)
+    nll, count, _ = by_hand(model, ids, 16, 16, bos=1)
     assert res["bos"] and res["results"][0]["tokens_scored"] == count == 100
     assert res["results"][0]["nll_sum"] == pytest.approx(nll, rel=1e-6)
     batches = tq_eval.calibration_batches(ids, 30, 16, bos=1)
@@ -239,11 +163,11 @@ def test_bos_starts_every_window(tmp_path):
 
 def test_calibration_never_uses_evaluated_tokens(tiny, tmp_path, capsys):
     # all of the text evaluated: nothing left to calibrate on -> refused
-    args, _ = _cli(tiny, tmp_path, "--max-tokens", "0")
+    args, _ = cli_args(tiny, tmp_path, "--max-tokens", "0")
     assert tq_eval.main(args) == 2
     assert "calibration needs 48 tokens that are not evaluated" in capsys.readouterr().err
     # fp32 alone needs no calibration
-    args, out = _cli(tiny, tmp_path, "--max-tokens", "0", "--modes", "fp32")
+    args, out = cli_args(tiny, tmp_path, "--max-tokens", "0", "--modes", "fp32")
     assert tq_eval.main(args) == 0
     # calibration batches are the tokens right after the evaluated ones
     seen = []
@@ -254,11 +178,11 @@ def test_calibration_never_uses_evaluated_tokens(tiny, tmp_path, capsys):
         return real(m, config, calibration_data, **kw)
     try:
         tq_eval.quantize_ = spy
-        args, out = _cli(tiny, tmp_path, "--modes", "w8a8-asymmetric")
+        args, out = cli_args(tiny, tmp_path, "--modes", "w8a8-asymmetric")
         assert tq_eval.main(args) == 0
     finally:
         tq_eval.quantize_ = real
-    assert seen == _ids(*tiny)[160:208].tolist()
+    assert seen == ids_of(*tiny)[160:208].tolist()
 
 
 def test_every_mode_warms_up_untimed(tiny):
@@ -276,7 +200,7 @@ def test_every_mode_warms_up_untimed(tiny):
             calls[self.key] += 1
             return self.inner(x)
 
-    ids = _ids(*tiny)[:100]
+    ids = ids_of(*tiny)[:100]
     n = len(tq_eval.windows(100, 24, 10))
     scores = tq_eval.evaluate({"a": Counting("a"), "b": Counting("b")}, ids, 24, 10)
     assert calls == {"a": n + 1, "b": n + 1}
@@ -308,7 +232,7 @@ def test_relu_digits(tmp_path, capsys):
 
 def test_cli_static_modes_and_plot(tiny, tmp_path):
     pytest.importorskip("matplotlib")
-    args, out = _cli(tiny, tmp_path, "--modes", "fp32,w8a8-auto-static,w8a8-symmetric-static",
+    args, out = cli_args(tiny, tmp_path, "--modes", "fp32,w8a8-auto-static,w8a8-symmetric-static",
                      "--plot", str(tmp_path / "p.png"), "--skip", "")
     assert tq_eval.main(args) == 0
     res = json.loads(out.read_text())
@@ -330,7 +254,7 @@ def test_cli_static_modes_and_plot(tiny, tmp_path):
     (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_bad_arguments(tiny, tmp_path, capsys, extra, msg):
-    args, _ = _cli(tiny, tmp_path)
+    args, _ = cli_args(tiny, tmp_path)
     # later flags win in argparse; --text appears once in the mutually exclusive group
     if "--text" in extra:
         i = args.index("--text")
@@ -351,7 +275,7 @@ def test_bad_arguments_in_a_real_process(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_equals_one_process(tiny, tmp_path):
-    args, single = _cli(tiny, tmp_path, "--modes", "fp32,w8a8-asymmetric", "--threads", "1")
+    args, single = cli_args(tiny, tmp_path, "--modes", "fp32,w8a8-asymmetric", "--threads", "1")
     assert tq_eval.main(args) == 0
     dist_json = tmp_path / "dist.json"
     args[args.index("--json") + 1] = str(dist_json)
