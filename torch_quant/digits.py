@@ -13,7 +13,6 @@ before they are scored.
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import List, Tuple
 
@@ -65,9 +64,7 @@ def train_digits_mlp(x: torch.Tensor, y: torch.Tensor, seed: int = 0, steps: int
 
 
 def run_digits(args, log) -> dict:
-    from .config import QuantConfig
-    from .convert import quantize_
-    from .eval import MODES, Result, weight_bytes
+    from .eval import Result, how_made, quantized_copies, weight_bytes
 
     x_tr, y_tr, x_te, y_te = digits_data()
     t0 = time.perf_counter()
@@ -76,19 +73,10 @@ def run_digits(args, log) -> dict:
         f"({TRAIN} training images)\ncorpus: scikit-learn digits, {x_te.shape[0]} test images; "
         f"calibration: the training images")
     calib = list(x_tr.split(256))
-    smoothing = None if args.smoothing == "off" else args.smoothing
     with torch.inference_mode():
         ref = torch.log_softmax(model(x_te), -1)
     results: List[Result] = []
-    for mode in args.modes:
-        setting = MODES[mode]
-        m, qsecs = model, None
-        if setting is not None:
-            t0 = time.perf_counter()
-            m = quantize_(copy.deepcopy(model),
-                          QuantConfig(setting[0], setting[1], smoothing, args.skip), calib,
-                          progress=False)
-            qsecs = time.perf_counter() - t0
+    for mode, (m, qsecs) in quantized_copies(model, args, calib, log).items():
         with torch.inference_mode():
             m(x_te[:8])  # warm-up
             times = []
@@ -97,16 +85,14 @@ def run_digits(args, log) -> dict:
                 logp = torch.log_softmax(m(x_te), -1)
                 times.append(time.perf_counter() - t0)
             secs = sorted(times)[REPEATS // 2]
-        quant = m is not model
+        quant = mode != "fp32"
         results.append(Result(
             mode, secs, x_te.shape[0] / max(secs, 1e-9), weight_bytes(m),
             accuracy=float((logp.argmax(-1) == y_te).float().mean()),
             kl_divergence=float((ref.exp() * (ref - logp)).sum(-1).mean()) if quant else None,
             top1_agreement=float((ref.argmax(-1) == logp.argmax(-1)).float().mean())
-            if quant else None,
-            quantize_seconds=qsecs, smoothing=str(args.smoothing) if quant else None,
-            layers=[r.to_dict() for r in quantization_report(m)] if quant else []))
-        if setting is not None and setting[0] == "auto":
+            if quant else None, **how_made(mode, m, qsecs, args)))
+        if mode.startswith("w8a8-auto"):
             picks = ", ".join(f"{r.name}: {r.act_mode}" for r in quantization_report(m))
             log(f"  {mode} picked {picks}")
     out = {"model": "relu-digits", "corpus": "scikit-learn digits (test split)",

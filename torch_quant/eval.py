@@ -3,6 +3,7 @@
     python -m torch_quant.eval                          # SmolLM2-135M on Jane Austen
     python -m torch_quant.eval --model gemma3-270m      # Gemma 3 270M (make eval-data)
     python -m torch_quant.eval --model relu-digits      # a ReLU MLP trained now (test accuracy)
+    python -m torch_quant.eval --modes all              # ours and the peers (peers.py)
     torchrun --nproc-per-node 2 -m torch_quant.eval ... # windows sharded across ranks
 
 Language models: perplexity = exp(sum of token NLLs / tokens scored) over
@@ -54,6 +55,9 @@ from .eval_inputs import (DEFAULT_MODEL, MODELS, bos_token, calibration_batches,
 from .eval_report import Result, format_table, plot, smoothing_summary
 from .eval_windows import (EvalError, _dist, evaluate, perplexity,
                            weight_bytes, windows)
+from .peers import PEERS
+from .peers import convert as convert_peer
+from .peers import unavailable as peer_unavailable
 from .report import quantization_report
 
 __all__ = ["MODES", "MODELS", "windows", "perplexity", "evaluate", "main"]
@@ -69,6 +73,8 @@ MODES: Dict[str, Optional[Tuple[str, str]]] = {
     "w8a8-auto-static": ("auto", "per_tensor"),
 }
 DEFAULT_MODES = ("fp32", "w8a8-symmetric", "w8a8-asymmetric", "w8a8-auto")
+# --modes all: the default modes and every peer this machine has (peers.py)
+ALL_MODES = (*DEFAULT_MODES, *PEERS)
 
 # ---------------------------------------------------------------------------
 # command line
@@ -92,8 +98,12 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=8192,
                    help="evaluate on the first N tokens of the text (default 8192; 0: all)")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                   help=f"comma-separated, from: {', '.join(MODES)} (default: "
-                        f"{','.join(DEFAULT_MODES)})")
+                   help=f"comma-separated, from: {', '.join([*MODES, *PEERS])}; or 'all' "
+                        f"({','.join(ALL_MODES)}) (default: {','.join(DEFAULT_MODES)}). "
+                        "A peer whose library is missing is left out with a note")
+    p.add_argument("--compile", action="store_true",
+                   help="run every mode's model under torch.compile (the warm-up window "
+                        "compiles; the timed windows do not)")
     p.add_argument("--skip", default=None,
                    help="comma-separated module names or globs left in float (default: lm_head "
                         "for language models, none for relu-digits; '' for none)")
@@ -110,10 +120,12 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in args.modes if m not in MODES]
+    if args.modes == ["all"]:
+        args.modes = list(ALL_MODES)
+    unknown = [m for m in args.modes if m not in MODES and m not in PEERS]
     if unknown or not args.modes:
         raise EvalError(f"--modes: unknown mode(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(MODES)}")
+                        f"choose from {', '.join([*MODES, *PEERS])} or all")
     if args.seq_len < 2:
         raise EvalError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.stride is None:
@@ -144,25 +156,55 @@ def quantized_copies(model: nn.Module, args, batches, log) -> Dict[str, Tuple[nn
     out = {}
     smoothing = None if args.smoothing == "off" else args.smoothing
     for mode in args.modes:
-        setting = MODES[mode]
-        if setting is None:
+        if mode == "fp32":
             out[mode] = (model, 0.0)
             continue
         t0 = time.perf_counter()
-        m = copy.deepcopy(model)
-        # Calibration data also for per-token modes without smoothing: it
-        # gives the report its activation statistics.
-        quantize_(m, QuantConfig(setting[0], setting[1], smoothing, args.skip), batches,
-                  progress=False)
+        if mode in PEERS:
+            m = convert_peer(mode, model, args.skip)
+        else:
+            m = copy.deepcopy(model)
+            # Calibration data also for per-token modes without smoothing: it
+            # gives the report its activation statistics.
+            quantize_(m, QuantConfig(*MODES[mode], smoothing, args.skip), batches,
+                      progress=False)
         out[mode] = (m, time.perf_counter() - t0)
         log(f"  {mode}: converted in {out[mode][1]:.1f} s")
+    if args.compile:
+        # dynamic: the last, shorter window does not compile again
+        out = {k: (torch.compile(m, dynamic=True), t) for k, (m, t) in out.items()}
     return out
+
+
+def how_made(mode: str, model: nn.Module, seconds: float, args) -> dict:
+    """The fields of a mode's Result that say how its model was made."""
+    if mode == "fp32":
+        return {}
+    if mode in PEERS:
+        return dict(quantize_seconds=seconds, peer=PEERS[mode])
+    return dict(quantize_seconds=seconds, smoothing=str(args.smoothing),
+                layers=[r.to_dict() for r in quantization_report(model)])
+
+
+def available_modes(modes: Sequence[str], log) -> list:
+    """``modes`` without the peers this machine cannot run, each left out with a note."""
+    kept = []
+    for mode in modes:
+        reason = peer_unavailable(mode) if mode in PEERS else None
+        if reason is None:
+            kept.append(mode)
+        else:
+            log(f"note: left out {reason}")
+    return kept
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
     rank, world = _dist()
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.modes = available_modes(args.modes, log)
+    if not args.modes:
+        raise EvalError("--modes: none of the modes can run here (see the notes above)")
     if args.model == "relu-digits":
         from .digits import run_digits
         return finish(args, run_digits(args, log), log)
@@ -179,7 +221,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
                                  dtype=torch.long)
     else:
         calib_ids = all_ids[ids.numel():]  # never the evaluated tokens
-        if calib_ids.numel() < args.calibration_tokens and any(MODES[m] for m in args.modes):
+        if calib_ids.numel() < args.calibration_tokens and any(MODES.get(m) for m in args.modes):
             raise EvalError(
                 f"calibration needs {args.calibration_tokens} tokens that are not evaluated, but "
                 f"the text has {all_ids.numel()} tokens and {ids.numel()} are evaluated: pass a "
@@ -192,23 +234,24 @@ def run(args: argparse.Namespace, log=print) -> dict:
         + f"), threads: {torch.get_num_threads()}")
 
     models = quantized_copies(model, args, batches, log)
+    # the fp32 row's model is the reference (compiled too with --compile)
+    reference = models["fp32"][0] if "fp32" in models else model
     scores = evaluate({m: mm for m, (mm, _) in models.items()}, ids, args.seq_len, args.stride,
-                      bos, reference=model, progress=show)
+                      bos, reference=reference, progress=show)
     results = []
     for mode, (m, qsecs) in models.items():
         s = scores[mode]
-        layers = [r.to_dict() for r in quantization_report(m)] if m is not model else []
+        quant = mode != "fp32"
         results.append(Result(
             mode, s.seconds, s.tokens_in / max(s.seconds, 1e-9), weight_bytes(m),
             perplexity=math.exp(s.nll / s.count), nll_sum=s.nll, tokens_scored=s.count,
-            kl_divergence=s.kl / s.count if m is not model else None,
-            top1_agreement=s.agree / s.count if m is not model else None,
-            quantize_seconds=qsecs if m is not model else None,
-            smoothing=None if m is model else str(args.smoothing), layers=layers))
+            kl_divergence=s.kl / s.count if quant else None,
+            top1_agreement=s.agree / s.count if quant else None,
+            **how_made(mode, m, qsecs, args)))
     out = {"model": model_desc, "corpus": corpus_desc, "tokens": int(ids.numel()),
            "bos": bos is not None, "seq_len": args.seq_len, "stride": args.stride,
            "windows": len(wins), "calibration_tokens": int(sum(b.numel() for b in batches)),
-           "world_size": world, "threads": torch.get_num_threads(),
+           "world_size": world, "threads": torch.get_num_threads(), "compiled": args.compile,
            "results": [r.to_json() for r in results]}
     out["_results"] = results
     out["_title"] = f"{model_desc}\n{corpus_desc}, {ids.numel()} tokens"

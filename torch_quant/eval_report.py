@@ -27,6 +27,7 @@ class Result:
     quantize_seconds: Optional[float] = None
     smoothing: Optional[str] = None
     layers: List[dict] = field(default_factory=list)
+    peer: Optional[str] = None  # another library's path (peers.py): what it is
 
     def to_json(self) -> dict:
         out = {k: v for k, v in self.__dict__.items()}
@@ -69,7 +70,8 @@ def format_table(results: Sequence[Result]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths)))
 
-    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
+    notes = [f"{r.mode}: a peer, {r.peer}" for r in results if r.peer]
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows), *notes])
 
 
 def smoothing_summary(layers: List[dict]) -> str:
@@ -101,24 +103,29 @@ def plot(results: Sequence[Result], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     classifier = any(r.accuracy is not None for r in results)
-    quant = [r for r in results if r.layers]
+    quant = [r for r in results if r.kl_divergence is not None]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     ax = axes[0]
     vals = [100 * r.accuracy if classifier else r.perplexity for r in results]
-    ax.bar([r.mode for r in results], vals, color="#4878a8")
+    # peers' bars in grey, hatched
+    ax.bar([r.mode for r in results], vals, color=["#999999" if r.peer else "#4878a8"
+                                                   for r in results],
+           hatch=["//" if r.peer else "" for r in results])
     ax.set_ylim(min(vals) * 0.98, max(vals) * 1.01)
     ax.set_ylabel("test accuracy % (higher is better)" if classifier
                   else "perplexity (lower is better)")
     ax.set_title(title, fontsize=8)
     ax.tick_params(axis="x", rotation=30, labelsize=7)
     ax = axes[1]
-    ax.bar([r.mode for r in quant], [r.kl_divergence or 0.0 for r in quant], color="#a85848")
+    ax.bar([r.mode for r in quant], [r.kl_divergence for r in quant],
+           color=["#999999" if r.peer else "#a85848" for r in quant],
+           hatch=["//" if r.peer else "" for r in quant])
     ax.set_ylabel("mean KL divergence from fp32 (nats)")
     ax.tick_params(axis="x", rotation=30, labelsize=7)
     ax = axes[2]
     for r in quant:
-        util = [lay["act_range_utilization"] for lay in r.layers]
-        if all(u is not None for u in util):
+        util = [lay["act_range_utilization"] for lay in r.layers]  # ours only
+        if util and all(u is not None for u in util):
             ax.plot([100 * u for u in util], label=r.mode)
     ax.set_xlabel("quantized layer (model order)")
     ax.set_ylabel("activation range utilization %")

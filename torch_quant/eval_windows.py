@@ -145,12 +145,28 @@ def perplexity(model: nn.Module, ids: torch.Tensor, seq_len: int, stride: int,
     return math.exp(s.nll / s.count), s.nll, s.count
 
 
+def _tensors(value):
+    """The plain tensors behind a state-dict value: a tensor subclass's inner
+    tensors (torchao), a tuple's items (quantize_dynamic's packed params)."""
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, torch.Tensor):
+        if hasattr(value, "__tensor_flatten__"):
+            for name in value.__tensor_flatten__()[0]:
+                yield from _tensors(getattr(value, name))
+        else:
+            yield value
+
+
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters and buffers, shared tensors once."""
+    """Bytes of the model's state (parameters, buffers, packed weights),
+    shared tensors once."""
     seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
+    for value in model.state_dict(keep_vars=True).values():
+        for t in _tensors(value):
+            key = (t.data_ptr(), t.numel(), t.dtype)
+            if key not in seen:
+                seen.add(key)
+                total += t.numel() * t.element_size()
     return total
