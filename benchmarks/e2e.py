@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 import torch_quant as tq
+from torch_quant import peers
 
 from .system import rss_bytes, trim_heap
-from .timing import Candidate, Config, Row, SectionResult, error_text, measure, quiet, set_ratio
+from .timing import Candidate, Config, Row, SectionResult, error_text, measure, set_ratio
 
 PROMPT = ("The quick brown fox jumps over the lazy dog. Once upon a time, in a small village "
           "by the sea, there lived an old fisherman who")
@@ -165,18 +166,14 @@ def build_variants(model: nn.Module, sizes: E2ESizes, notes: List[str],
                 mode = "symmetric" if key == "ours_sym" else "asymmetric"
                 m, info = quantize_ours(model, mode, warm)
                 out[key] = Variant(key, m, kw, info)
-            elif key == "qdyn":
-                from torch.ao.quantization import quantize_dynamic
-                m = quiet(lambda: quantize_dynamic(copy.deepcopy(model), {nn.Linear},
-                                                   dtype=torch.qint8))
-                out[key] = Variant(key, m, kw)
+            elif key == "qdyn":  # every Linear, lm_head too, as for ours here
+                out[key] = Variant(key, peers.convert("peer-quantize-dynamic", model, []), kw)
             elif key == "torchao":
-                if importlib.util.find_spec("torchao") is None:
-                    notes.append("torchao: skipped (not installed)")
+                reason = peers.unavailable("peer-torchao-int8")
+                if reason is not None:
+                    notes.append(f"torchao: skipped ({reason})")
                     continue
-                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-                m = copy.deepcopy(model)
-                quiet(lambda: quantize_(m, Int8DynamicActivationInt8WeightConfig()))
+                m = peers.convert("peer-torchao-int8", model, [])
                 if sizes.torchao_compiled:
                     torch._dynamo.reset()  # nothing left from the linear section's graphs
                     out[key] = Variant(key, torch.compile(m), kw)

@@ -202,7 +202,9 @@ def raises(op: str, arg: str):
 def assert_fake_raises_as_real(fn, real: dict, op: str, arg: str) -> None:
     """fn(real tensors) raises naming op and arg (the case is a real error), and
     fn(the same as fake tensors) raises the same message word for word: the
-    fake kernel and the C++ check state one rule."""
+    fake kernel and the C++ check state one rule. (A case with a meta tensor
+    runs the fake kernel on both sides, register_fake also serving Meta: the
+    C++ device checks are compared in test_cuda.py, where a GPU exists.)"""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with raises(op, arg) as real_err:

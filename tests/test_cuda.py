@@ -480,3 +480,23 @@ def test_ops_on_the_second_gpu():
         got = tq.dynamic_quantized_linear(x.to(d), w.to(d), ws.to(d), None, None, mode)
         assert got.device == d
         assert torch.equal(got.cpu(), tq.dynamic_quantized_linear(x, w, ws, None, None, mode))
+
+
+@gpu
+@pytest.mark.parametrize("which", ["x_scale", "x_zero_point", "w_q", "w_scale", "bias", "w_sum"])
+def test_device_mismatch_messages_match_the_fake_kernel(which):
+    """One argument on the CPU, the rest on the GPU: the CUDA kernel's C++
+    check and the fake kernel give the same message word for word. (On a
+    machine without a GPU the only other device is meta, whose calls go to
+    the fake kernel on both sides, so this is where the C++ device checks
+    are compared.)"""
+    from conftest import assert_fake_raises_as_real
+
+    M, K, N = 4, 8, 3
+    t = dict(x_q=torch.zeros(M, K, dtype=torch.int8), x_scale=torch.tensor(0.1),
+             x_zero_point=torch.tensor(0, dtype=torch.int32),
+             w_q=torch.zeros(N, K, dtype=torch.int8), w_scale=torch.full((N,), 0.1),
+             bias=torch.zeros(N), w_sum=torch.zeros(N, dtype=torch.int32))
+    t = {k: v if k == which else v.cuda() for k, v in t.items()}
+    assert_fake_raises_as_real(lambda a: tq.quantized_linear(**a), t,
+                               "torch_quant.quantized_linear", which)

@@ -83,8 +83,10 @@ def test_skip_is_honoured(tiny, mode):
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny[0]).eval()
     everything = peers.convert(mode, model, [])
     assert peers.quantized_layers(mode, everything) == 15  # 2 x (4 + 3) and lm_head
-    some = peers.convert(mode, model, ["lm_head", "model.layers.0.*"])
-    assert peers.quantized_layers(mode, some) == 7
+    for skip in (["lm_head", "model.layers.0.*"], ["lm_head", "model.layers.0"]):
+        # a glob, or a module holding the layers: as ours matches --skip
+        some = peers.convert(mode, model, skip)
+        assert peers.quantized_layers(mode, some) == 7, skip
     assert peers.quantized_layers(mode, model) == 0  # a copy: the model is untouched
 
 
@@ -136,6 +138,9 @@ def test_compile_runs_every_mode_compiled(tiny, tmp_path):
     compiled = json.loads(out.read_text())
     assert compiled["compiled"] and not eager["compiled"]
     assert [r["mode"] for r in compiled["results"]] == modes
+    # the per-layer report names the layers as eager does (not the compiled wrapper's)
+    assert [lay["name"] for lay in compiled["results"][1]["layers"]] == \
+        [lay["name"] for lay in eager["results"][1]["layers"]]
     for e, c in zip(eager["results"], compiled["results"]):
         assert c["tokens_scored"] == e["tokens_scored"] == 159
         tol = 1e-3 if c["mode"] in ("fp32", "w8a8-asymmetric") else 5e-2

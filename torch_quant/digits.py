@@ -93,10 +93,12 @@ def run_digits(args, log) -> dict:
             top1_agreement=float((ref.argmax(-1) == logp.argmax(-1)).float().mean())
             if quant else None, **how_made(mode, m, qsecs, args)))
         if mode.startswith("w8a8-auto"):
-            picks = ", ".join(f"{r.name}: {r.act_mode}" for r in quantization_report(m))
+            picks = ", ".join(f"{r.name}: {r.act_mode}"
+                              for r in quantization_report(getattr(m, "_orig_mod", m)))
             log(f"  {mode} picked {picks}")
     out = {"model": "relu-digits", "corpus": "scikit-learn digits (test split)",
            "test_rows": int(x_te.shape[0]), "train_rows": int(x_tr.shape[0]),
-           "threads": torch.get_num_threads(), "results": [r.to_json() for r in results],
+           "threads": torch.get_num_threads(), "compiled": args.compile,
+           "results": [r.to_json() for r in results],
            "_results": results, "_title": "relu-digits (64-256-256-10 ReLU MLP), digits test set"}
     return out

@@ -99,7 +99,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="evaluate on the first N tokens of the text (default 8192; 0: all)")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help=f"comma-separated, from: {', '.join([*MODES, *PEERS])}; or 'all' "
-                        f"({','.join(ALL_MODES)}) (default: {','.join(DEFAULT_MODES)}). "
+                        f"({','.join(ALL_MODES)}) alone (default: {','.join(DEFAULT_MODES)}). "
                         "A peer whose library is missing is left out with a note")
     p.add_argument("--compile", action="store_true",
                    help="run every mode's model under torch.compile (the warm-up window "
@@ -125,7 +125,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     unknown = [m for m in args.modes if m not in MODES and m not in PEERS]
     if unknown or not args.modes:
         raise EvalError(f"--modes: unknown mode(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join([*MODES, *PEERS])} or all")
+                        f"choose from {', '.join([*MODES, *PEERS])}, or all alone")
     if args.seq_len < 2:
         raise EvalError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.stride is None:
@@ -182,6 +182,7 @@ def how_made(mode: str, model: nn.Module, seconds: float, args) -> dict:
         return {}
     if mode in PEERS:
         return dict(quantize_seconds=seconds, peer=PEERS[mode])
+    model = getattr(model, "_orig_mod", model)  # --compile: the layers' own names
     return dict(quantize_seconds=seconds, smoothing=str(args.smoothing),
                 layers=[r.to_dict() for r in quantization_report(model)])
 

@@ -5,6 +5,7 @@ agreement, time), all-reduced across torchrun ranks."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -145,25 +146,30 @@ def perplexity(model: nn.Module, ids: torch.Tensor, seq_len: int, stride: int,
     return math.exp(s.nll / s.count), s.nll, s.count
 
 
-def _tensors(value):
-    """The plain tensors behind a state-dict value: a tensor subclass's inner
-    tensors (torchao), a tuple's items (quantize_dynamic's packed params)."""
-    if isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _tensors(v)
-    elif isinstance(value, torch.Tensor):
-        if hasattr(value, "__tensor_flatten__"):
-            for name in value.__tensor_flatten__()[0]:
-                yield from _tensors(getattr(value, name))
-        else:
-            yield value
+def _tensors(t: torch.Tensor):
+    """The plain tensors behind t: a tensor subclass's inner tensors (torchao's
+    quantized weights), else t itself."""
+    if hasattr(t, "__tensor_flatten__"):
+        for name in t.__tensor_flatten__()[0]:
+            inner = getattr(t, name)
+            if inner is not None:
+                yield from _tensors(inner)
+    else:
+        yield t
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the model's state (parameters, buffers, packed weights),
-    shared tensors once."""
+    """Bytes of the model's parameters and buffers as held in memory (packed
+    weights as packed), shared tensors once; quantize_dynamic's weights,
+    which are neither, counted by their int8 values."""
     seen, total = set(), 0
-    for value in model.state_dict(keep_vars=True).values():
+    held = list(model.parameters()) + list(model.buffers())
+    if "torch.ao.nn.quantized" in sys.modules:  # else no model holds its modules
+        from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+        for m in model.modules():
+            if isinstance(m, LinearPackedParams):
+                held.extend(t for t in m._weight_bias() if t is not None)
+    for value in held:
         for t in _tensors(value):
             key = (t.data_ptr(), t.numel(), t.dtype)
             if key not in seen:

@@ -248,6 +248,12 @@ def _dynamic_quantized_linear_fake(x, w_q, w_scale, bias=None, w_sum=None, act_m
     _check_float(op, "x", x)
     torch._check(x.dim() >= 1, lambda: f"{op}: x must have shape [*, K], got a 0-dim tensor")
     N = _check_linear_weight(op, x, w_q, w_scale, bias, w_sum)
+    K = x.shape[-1]
+    torch._check(
+        hadamard_block == 0 or (hadamard_block >= 2 and hadamard_block & (hadamard_block - 1) == 0
+                                and K % hadamard_block == 0),
+        lambda: f"{op}: hadamard_block must be 0 or a power of two >= 2 that divides K = {K}, "
+        f"got {hadamard_block}")
     if smooth is not None:
         torch._check(smooth.is_floating_point(),
                      lambda: f"{op}: smooth must be a floating tensor, got {smooth.dtype}")
@@ -256,12 +262,6 @@ def _dynamic_quantized_linear_fake(x, w_q, w_scale, bias=None, w_sum=None, act_m
                      f"per input channel), got {list(smooth.shape)}")
         torch._check(smooth.device == x.device,
                      lambda: f"{op}: smooth must be on x's device ({x.device}), got {smooth.device}")
-    K = x.shape[-1]
-    torch._check(
-        hadamard_block == 0 or (hadamard_block >= 2 and hadamard_block & (hadamard_block - 1) == 0
-                                and K % hadamard_block == 0),
-        lambda: f"{op}: hadamard_block must be 0 or a power of two >= 2 that divides K = {K}, "
-        f"got {hadamard_block}")
     return x.new_empty((*x.shape[:-1], N))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fnmatch
 import logging
 import warnings
 from typing import Callable, Dict, Optional, Sequence
@@ -75,10 +74,13 @@ def unavailable(mode: str) -> Optional[str]:
 
 
 def _linears(model: nn.Module, skip: Sequence[str]) -> Callable[[str], bool]:
-    """Whether a module name is one of the Linear layers to quantize: every
-    nn.Linear but those ``skip`` names (names or globs), as for ours."""
+    """Whether a module name is one of the layers to quantize: every nn.Linear
+    but those ``skip`` names or globs, matched as ours matches them (a name or
+    any module containing it). The peers take nn.Linear only (not GPT-2's
+    Conv1D, which ours converts too)."""
+    from .convert import _matches
     names = {n for n, m in model.named_modules() if type(m) is nn.Linear}
-    return lambda n: n in names and not any(fnmatch.fnmatchcase(n, p) for p in skip)
+    return lambda n: n in names and not any(_matches(n, p) for p in skip)
 
 
 def convert(mode: str, model: nn.Module, skip: Sequence[str]) -> nn.Module:
