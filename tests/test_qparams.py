@@ -443,6 +443,13 @@ PROPS = settings(max_examples=50, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow])
 
 
+def assert_within_half_step(x, d, scale):
+    """|dequantized - x| <= scale / 2 (with float32 slack) for every element in range."""
+    bound = scale.double() / 2 * (1 + 1e-4) + 1e-6 * x.double().abs() + 1e-30
+    err = (d.double() - x.double()).abs()
+    assert (err <= bound).all(), (err.max().item(), scale.max().item())
+
+
 @PROPS
 @given(values=st.lists(finite_f32, min_size=1, max_size=80), mode=st.sampled_from(MODES),
        bits=st.integers(2, 8))
@@ -455,10 +462,7 @@ def test_property_round_trip(values, mode, bits):
             q = tq.quantize(x, s, z, mode, bits=bits)
             d = tq.dequantize(q, s, z)
         assert (q.int() >= qmin).all() and (q.int() <= qmax).all()
-        err = (d.double() - x.double()).abs()
-        sc = s.item()
-        bound = sc / 2 * (1 + 1e-4) + 1e-6 * x.double().abs() + 1e-30
-        assert (err <= bound).all(), (err.max().item(), sc)
+        assert_within_half_step(x, d, s)
         assert_same(q, ref.quantize(x, s, z, mode, bits=bits))
 
 
@@ -498,15 +502,12 @@ def test_property_per_channel_and_token(data, mode, bits, rows, cols, axis):
     d = tq.dequantize(q, s, z, axis=axis)
     bshape = [1, 1]
     bshape[axis] = -1
-    bound = s.reshape(bshape).double() / 2 * (1 + 1e-4) + 1e-6 * x.double().abs() + 1e-30
-    assert ((d.double() - x.double()).abs() <= bound).all()
+    assert_within_half_step(x, d, s.reshape(bshape))
     assert (q.int() >= qmin).all() and (q.int() <= qmax).all()
     qt, st_, zt = tq.quantize_per_token(x, mode, bits=bits)
     for a, b in zip((qt, st_, zt), ref.quantize_per_token(x, mode, bits=bits)):
         assert_same(a, b)
-    dt = tq.dequantize(qt, st_, zt)
-    bound = st_.unsqueeze(-1).double() / 2 * (1 + 1e-4) + 1e-6 * x.double().abs() + 1e-30
-    assert ((dt.double() - x.double()).abs() <= bound).all()
+    assert_within_half_step(x, tq.dequantize(qt, st_, zt), st_.unsqueeze(-1))
 
 
 def test_choose_qparams_asymmetric_range_wider_than_float_max(isa):
