@@ -108,18 +108,23 @@ def plot(results: Sequence[Result], path: str, title: str) -> None:
     ax = axes[0]
     vals = [100 * r.accuracy if classifier else r.perplexity for r in results]
     # peers' bars in grey, hatched
-    ax.bar([r.mode for r in results], vals, color=["#999999" if r.peer else "#4878a8"
-                                                   for r in results],
-           hatch=["//" if r.peer else "" for r in results])
+    bars = ax.bar([r.mode for r in results], vals, color=["#999999" if r.peer else "#4878a8"
+                                                          for r in results],
+                  hatch=["//" if r.peer else "" for r in results])
+    # values on the bars: a peer far off (quantize_dynamic) flattens the others
+    ax.bar_label(bars, fmt="%.2f" if classifier else "%.3f", fontsize=7)
     ax.set_ylim(min(vals) * 0.98, max(vals) * 1.01)
     ax.set_ylabel("test accuracy % (higher is better)" if classifier
                   else "perplexity (lower is better)")
     ax.set_title(title, fontsize=8)
     ax.tick_params(axis="x", rotation=30, labelsize=7)
     ax = axes[1]
-    ax.bar([r.mode for r in quant], [r.kl_divergence for r in quant],
-           color=["#999999" if r.peer else "#a85848" for r in quant],
-           hatch=["//" if r.peer else "" for r in quant])
+    bars = ax.bar([r.mode for r in quant], [r.kl_divergence for r in quant],
+                  color=["#999999" if r.peer else "#a85848" for r in quant],
+                  hatch=["//" if r.peer else "" for r in quant])
+    ax.bar_label(bars, fmt="%.4f", fontsize=7)
+    if quant and min(r.kl_divergence for r in quant) > 0:
+        ax.set_yscale("log")  # KL spans decades between modes
     ax.set_ylabel("mean KL divergence from fp32 (nats)")
     ax.tick_params(axis="x", rotation=30, labelsize=7)
     ax = axes[2]
