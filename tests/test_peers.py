@@ -75,6 +75,7 @@ def test_peer_row_is_the_peers_own_conversion(tiny, tmp_path, capsys, mode):
     # the table marks the row as a peer's
     assert f"{mode}: a peer, {peers.PEERS[mode]}" in printed
     assert f"{mode}: smoothing" not in printed
+    assert f"{mode}: converted in" in printed and "s (14 layers)" in printed
 
 
 @pytest.mark.parametrize("mode", PEER_MODES)

@@ -57,6 +57,7 @@ from .eval_windows import (EvalError, _dist, evaluate, perplexity,
                            weight_bytes, windows)
 from .peers import PEERS
 from .peers import convert as convert_peer
+from .peers import quantized_layers as peer_layers
 from .peers import unavailable as peer_unavailable
 from .report import quantization_report
 
@@ -169,7 +170,9 @@ def quantized_copies(model: nn.Module, args, batches, log) -> Dict[str, Tuple[nn
             quantize_(m, QuantConfig(*MODES[mode], smoothing, args.skip), batches,
                       progress=False)
         out[mode] = (m, time.perf_counter() - t0)
-        log(f"  {mode}: converted in {out[mode][1]:.1f} s")
+        # a peer's count: it takes nn.Linear only, ours Conv1D too
+        layers = f" ({peer_layers(mode, m)} layers)" if mode in PEERS else ""
+        log(f"  {mode}: converted in {out[mode][1]:.1f} s{layers}")
     if args.compile:
         # dynamic: the last, shorter window does not compile again
         out = {k: (torch.compile(m, dynamic=True), t) for k, (m, t) in out.items()}
