@@ -89,9 +89,15 @@ def test_from_float_half_linear(gen):
 LEADS = [(), (1,), (7,), (0,), (2, 3), (3, 0), (2, 1, 5)]
 
 
-@pytest.mark.parametrize("lead", LEADS, ids=lambda s: "x".join(map(str, s)) or "1d")
-@pytest.mark.parametrize("dtype", FLOATS, ids=str)
-@pytest.mark.parametrize("act_mode", MODES)
+def forward_cases(test):
+    """Every activation mode x input dtype x leading shape (0 elements too)."""
+    for name, values, ids in (("lead", LEADS, lambda s: "x".join(map(str, s)) or "1d"),
+                              ("dtype", FLOATS, str), ("act_mode", MODES, None)):
+        test = pytest.mark.parametrize(name, values, ids=ids)(test)
+    return test
+
+
+@forward_cases
 def test_per_token_forward_is_the_fused_op(gen, act_mode, dtype, lead):
     K, N = 17, 9
     lin = make_linear(gen, K, N)
@@ -105,9 +111,7 @@ def test_per_token_forward_is_the_fused_op(gen, act_mode, dtype, lead):
     assert_same(y, expected, f"{act_mode} {dtype} {lead}")
 
 
-@pytest.mark.parametrize("lead", LEADS, ids=lambda s: "x".join(map(str, s)) or "1d")
-@pytest.mark.parametrize("dtype", FLOATS, ids=str)
-@pytest.mark.parametrize("act_mode", MODES)
+@forward_cases
 def test_per_tensor_forward_is_quantize_then_linear(gen, act_mode, dtype, lead):
     K, N = 17, 9
     lin = make_linear(gen, K, N)

@@ -30,20 +30,29 @@ def assert_within_half_step(x, d, scale):
     assert (err <= bound).all(), (err.max().item(), scale.max().item())
 
 
+def _on_every_isa(x, mode, bits):
+    """(scale, zero_point, codes) of x per tensor, once per CPU kernel path
+    (inside using_isa), each checked against the reference and the code range."""
+    qmin, qmax = qrange(mode, bits)
+    rs, rz = ref.choose_qparams(x, mode, bits=bits)
+    for name in SUPPORTED_ISAS:
+        with using_isa(name):
+            s, z = tq.choose_qparams(x, mode, bits=bits)
+            assert_same(s, rs, name)
+            assert_same(z, rz, name)
+            q = tq.quantize(x, s, z, mode, bits=bits)
+            assert_same(q, ref.quantize(x, s, z, mode, bits=bits), name)
+            assert (q.int() >= qmin).all() and (q.int() <= qmax).all()
+            yield s, z, q
+
+
 @PROPS
 @given(values=st.lists(finite_f32, min_size=1, max_size=80), mode=st.sampled_from(MODES),
        bits=st.integers(2, 8))
 def test_property_round_trip(values, mode, bits):
     x = torch.tensor(values, dtype=torch.float32)
-    qmin, qmax = qrange(mode, bits)
-    for name in SUPPORTED_ISAS:
-        with using_isa(name):
-            s, z = tq.choose_qparams(x, mode, bits=bits)
-            q = tq.quantize(x, s, z, mode, bits=bits)
-            d = tq.dequantize(q, s, z)
-        assert (q.int() >= qmin).all() and (q.int() <= qmax).all()
-        assert_within_half_step(x, d, s)
-        assert_same(q, ref.quantize(x, s, z, mode, bits=bits))
+    for s, z, q in _on_every_isa(x, mode, bits):
+        assert_within_half_step(x, tq.dequantize(q, s, z), s)
 
 
 @PROPS
@@ -51,19 +60,11 @@ def test_property_round_trip(values, mode, bits):
        bits=st.integers(2, 8))
 def test_property_matches_reference_any_floats(values, mode, bits):
     x = torch.tensor(values, dtype=torch.float32)
-    qmin, qmax = qrange(mode, bits)
-    for name in SUPPORTED_ISAS:
-        with using_isa(name):
-            s, z = tq.choose_qparams(x, mode, bits=bits)
-            assert_same(s, ref.choose_qparams(x, mode, bits=bits)[0])
-            assert_same(z, ref.choose_qparams(x, mode, bits=bits)[1])
-            q = tq.quantize(x, s, z, mode, bits=bits)
-            assert_same(q, ref.quantize(x, s, z, mode, bits=bits))
-            assert (q.int() >= qmin).all() and (q.int() <= qmax).all()
-            assert_same(tq.dequantize(q, s, z), ref.dequantize(q, s, z))
-            for a, b in zip(tq.quantize_per_token(x, mode, bits=bits),
-                            ref.quantize_per_token(x, mode, bits=bits)):
-                assert_same(a, b)
+    for s, z, q in _on_every_isa(x, mode, bits):
+        assert_same(tq.dequantize(q, s, z), ref.dequantize(q, s, z))
+        for a, b in zip(tq.quantize_per_token(x, mode, bits=bits),
+                        ref.quantize_per_token(x, mode, bits=bits)):
+            assert_same(a, b)
 
 
 @PROPS
