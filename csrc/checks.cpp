@@ -193,15 +193,22 @@ std::vector<int64_t> linear_output_shape(const at::Tensor& x, int64_t N) {
   return shape;
 }
 
-void check_weight_sum_values(const char* op, const at::Tensor& w_q, const at::Tensor& w_sum) {
-  const at::Tensor sums = w_q.sum(1, /*keepdim=*/false, at::kInt);
-  const at::Tensor wrong = sums.ne(w_sum).nonzero();
-  if (wrong.size(0) == 0) return;
-  const int64_t n = wrong[0][0].item<int64_t>();
-  TORCH_CHECK(false, op, ": w_sum must hold the row sums of w_q (sum over k of w_q[n, k]), but "
-              "w_sum[", n, "] = ", w_sum[n].item<int32_t>(), " and row ", n, " sums to ",
-              sums[n].item<int32_t>(), " (", wrong.size(0), " wrong value(s)); pass w_sum=None "
-              "to have it computed, or pack the weight (pack_weight), which holds its sums");
+void check_weight_sums(const char* op, const at::Tensor& w_sum, const int32_t* actual) {
+  const at::Tensor given = w_sum.contiguous();
+  const int32_t* g = given.const_data_ptr<int32_t>();
+  const int64_t N = given.numel();
+  int64_t first = -1, wrong = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    if (g[n] != actual[n]) {
+      if (first < 0) first = n;
+      ++wrong;
+    }
+  }
+  TORCH_CHECK(wrong == 0, op, ": w_sum must hold the row sums of w_q (sum over k of w_q[n, k]), "
+              "but w_sum[", first, "] = ", g[std::max<int64_t>(first, 0)], " and row ", first,
+              " sums to ", actual[std::max<int64_t>(first, 0)], " (", wrong, " wrong value(s)); "
+              "pass w_sum=None to have it computed, or pack the weight (pack_weight), which "
+              "holds its sums");
 }
 
 void check_linear_activation(const char* op, const at::Tensor& x_q,
@@ -279,7 +286,6 @@ QuantizedLinearArgs check_quantized_linear_args(
   if (values == ValueCheck::Device) {
     return {N, dtype, a_signed, at::Tensor(), at::Tensor(), at::Tensor(), true};
   }
-  if (w_sum.has_value()) check_weight_sum_values(op, w_q, *w_sum);
   const auto [xs, xz64] =
       checked_qparam_values(op, x_scale, x_zero_point, range, "x_scale", "x_zero_point");
   at::Tensor ws = checked_scale_values(op, w_scale, "w_scale");
@@ -317,7 +323,6 @@ DynamicLinearArgs check_dynamic_quantized_linear_args(
     return {mode, N, at::Tensor(),
             smooth.has_value() ? smooth->to(at::kFloat).contiguous() : at::Tensor()};
   }
-  if (w_sum.has_value()) check_weight_sum_values(op, w_q, *w_sum);
   return {mode, N, checked_scale_values(op, w_scale, "w_scale"),
           smooth.has_value() ? checked_scale_values(op, *smooth, "smooth") : at::Tensor()};
 }

@@ -106,11 +106,13 @@ int64_t check_linear_weight(const char* op, const at::Tensor& x, const at::Tenso
 std::vector<int64_t> linear_output_shape(const at::Tensor& x, int64_t N);
 
 // The values of w_sum (int32 [N], next to a plain [N, K] w_q on the CPU) are
-// w_q's row sums: else an error naming the first wrong one. One pass over the
-// weight, on every call that passes w_sum, so that no result ever depends on
-// which kernel (some use w_sum, some their own sums) ran; a packed weight
-// holds sums computed once by pack_weight and takes no w_sum.
-void check_weight_sum_values(const char* op, const at::Tensor& w_q, const at::Tensor& w_sum);
+// w_q's row sums, `actual` (N values): else an error naming the first wrong
+// one. The CPU linear ops call it on every call that passes w_sum, with the
+// sums their kernels take in the pass over the weight they make anyway
+// (cpu/linear.cpp), so that no result ever depends on which sums a kernel
+// read; a packed weight holds sums computed once by pack_weight and takes no
+// w_sum.
+void check_weight_sums(const char* op, const at::Tensor& w_sum, const int32_t* actual);
 
 // The activation-side arguments of quantized_linear: x_q int8 or uint8 with at
 // least one dim; x_scale floating and x_zero_point integer, both with one

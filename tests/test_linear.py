@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import torch_quant as tq
+from torch_quant import reference as ref
 
 from conftest import MODES, SUPPORTED_ISAS, assert_same, num_threads, random_scale, using_isa
 from linear_helpers import (FLOATS, INT32_MAX, INT32_MIN, MAX_K, codes, composite, problem,
@@ -396,3 +397,30 @@ def test_every_isa_matches_scalar(gen, M, K, N):
             got = run()
         for i, (g, e) in enumerate(zip(got, expected)):
             assert_same(g, e, f"{isa} vs scalar, case {i}")
+
+
+# Row counts on both sides of where a plain weight stops being read as it is
+# and is packed for the call (48 rows for AVX-512 VNNI, 128 for AVX2;
+# docs/design.md, "Plain weights"), with K past a 64-byte step and past the
+# AVX2 kernel's K block, N past a task's 64 columns and not a multiple of 4.
+CROSSOVER_M = [1, 5, 47, 48, 127, 128, 131]
+
+
+@pytest.mark.parametrize("M", CROSSOVER_M)
+def test_plain_kernel_and_per_call_packing_agree(isa, gen, M):
+    K, N = 1030, 67
+    w_q = codes(gen, (N, K), torch.int8)
+    w_q[3, 5] = -128  # a column holding -128 (the AVX2 panel kernel's other path)
+    w_sum = w_q.sum(1, dtype=torch.int32)
+    x = torch.randn(M, K, generator=gen) * 2 - 0.3
+    ws, bias = w_params(gen, N, True, True)
+    for xdtype in (torch.int8, torch.uint8):
+        x_q = codes(gen, (M, K), xdtype)
+        xs, xz = x_params(gen, (M,), xdtype, True, False)
+        dot = ref_dot(x_q, w_q)
+        for s in (None, w_sum):
+            assert_same(tq.quantized_linear(x_q, xs, xz, w_q, ws, bias, s),
+                        ref_linear(x_q, xs, xz, w_q, ws, bias, dot=dot), f"{xdtype} w_sum={s is not None}")
+    for mode in MODES:
+        assert_same(tq.dynamic_quantized_linear(x, w_q, ws, bias, w_sum, mode),
+                    ref.dynamic_quantized_linear(x, w_q, ws, bias, None, mode), mode)

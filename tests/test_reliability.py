@@ -105,7 +105,7 @@ def test_no_stale_result_after_a_hidden_weight_write(isa, route, mode):
                         ref.quantized_linear(x_q, s, z, new, ws, None, None), f"ql M={M}")
 
 
-@pytest.mark.parametrize("M", [1, 2, 7, 64])
+@pytest.mark.parametrize("M", [0, 1, 2, 7, 64, 130])
 def test_w_sum_is_checked_identically_on_every_path(isa, gen, M):
     """w_sum (with a plain weight) must be the weight's row sums: a value off
     by one anywhere is an error naming w_sum on every path (some kernels read

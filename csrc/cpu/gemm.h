@@ -20,9 +20,13 @@
 //     avx512_vnni  vpdpbusd: uint8 a (int8 a + 128) x int8 w, 64 products an
 //                  instruction, register-blocked (gemm_avx512_vnni.cpp)
 //
-// * Plain kernels (gemm_s32): the public [N, K] weight as it is, for the raw
-//   ops given an unpacked weight and a few rows, where packing the weight on
-//   every call would cost more than it saves.
+// * Plain kernels (gemm_plain): the public [N, K] weight as it is, for the raw
+//   ops given an unpacked weight and few rows, where packing the weight on
+//   every call would cost more than it saves. They read each weight row once
+//   per tile and take its sum in the same pass (the epilogue needs it for zero
+//   points and shifts, and the op checks a given w_sum against it), so a plain
+//   weight costs no pass of its own: a row-dot product per output, several
+//   rows and columns per micro-tile, reduced horizontally once at the end.
 //
 // The caller keeps K within the exact-int32 limit (checks.h), so no kernel
 // can overflow, and every kernel returns the same numbers: no saturating
@@ -55,6 +59,43 @@ struct Epilogue {
 float finish_scalar(int32_t dot, int64_t m, int64_t n, int32_t zp_shift, int32_t w_sum,
                     const Epilogue& ep);
 
+// One row of outputs from int32 dot products: y[j] = finish_scalar(dot[j], m,
+// n0 + j, zp_shift, sums[j]) for j < cols, written as a plain loop that the
+// compiler vectorizes in each ISA's file (the same float operations, in the
+// same order, lane by lane: -ffp-contract=off keeps them unfused).
+inline void finish_row(const int32_t* dot, const int32_t* sums, int64_t m, int64_t n0,
+                       int64_t cols, int32_t zp_shift, const Epilogue& ep) {
+  const uint32_t zp = static_cast<uint32_t>(ep.zp[m] + zp_shift);
+  const float xs = ep.x_scale[m];
+  const float* ws = ep.w_scale + n0;
+  float* y = ep.y + m * ep.ldy + n0;
+  // (wrapping int32 arithmetic, as linear_epilogue)
+  if (ep.bias == nullptr) {
+    for (int64_t j = 0; j < cols; ++j)
+      y[j] = static_cast<float>(static_cast<int32_t>(static_cast<uint32_t>(dot[j]) - zp * static_cast<uint32_t>(sums[j]))) * (xs * ws[j]);
+  } else {
+    const float* b = ep.bias + n0;
+    for (int64_t j = 0; j < cols; ++j)
+      y[j] = static_cast<float>(static_cast<int32_t>(static_cast<uint32_t>(dot[j]) - zp * static_cast<uint32_t>(sums[j]))) * (xs * ws[j]) + b[j];
+  }
+}
+
+// One task of the plain kernels: rows [m0, m1) x columns [n0, n1) of the
+// output, from the activations as prepare_plain_rows left them (plain_ld
+// bytes a row; the codes themselves, row stride K, where plain_ld is 0) and
+// the plain weight w ([N, K], row stride K: all of it, so that a task may
+// prefetch past its own columns). Where `sums` is set, the task
+// also writes the row sums of w's rows n0 .. n1 - 1 into sums[n0 .. n1).
+struct PlainTask {
+  const uint8_t* a;
+  int64_t plain_ld;
+  bool a_signed;
+  const int8_t* w;
+  int64_t N, K;
+  int64_t m0, m1, n0, n1;
+  int32_t* sums;
+};
+
 #define TORCH_QUANT_DECLARE_GEMM                                                         \
   /* Bytes per prepared activation row. */                                               \
   int64_t prepared_row_bytes(int64_t K);                                                 \
@@ -67,11 +108,12 @@ float finish_scalar(int32_t dot, int64_t m, int64_t n, int32_t zp_shift, int32_t
   void gemm_packed(const uint8_t* prepared, const void* a, bool a_signed,                \
                    const PackedWeight& w, int64_t m0, int64_t m1, int64_t n0, int64_t n1, \
                    const Epilogue& ep);                                                  \
-  /* d[m * ldd + n] = sum_k a[m * lda + k] * w[n * ldw + k]; plain weights; w_sum */     \
-  /* is read by kernels that shift a. */                                                 \
-  void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,  \
-                const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,       \
-                int64_t ldd);
+  /* Bytes per activation row as the plain kernel reads it (0: the codes as given). */ \
+  int64_t plain_row_bytes(int64_t K);                                                    \
+  void prepare_plain_rows(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,\
+                          uint8_t* out);                                                 \
+  /* One task of the plain kernel (PlainTask), epilogue fused. */                        \
+  void gemm_plain(const PlainTask& t, const Epilogue& ep);
 
 namespace scalar { TORCH_QUANT_DECLARE_GEMM }
 namespace avx2 {
@@ -87,6 +129,9 @@ KernelPeaks kernel_peaks(double seconds_each);
 }  // namespace avx2
 namespace avx512_vnni {
 TORCH_QUANT_DECLARE_GEMM
+// Packs the full panels [p0, p1) of w ([N, K], row stride ldw; N >= 16 * p1)
+// into out, the whole packed tensor: the same bytes as pack_columns.
+void pack_panels(const int8_t* w, int64_t ldw, int64_t K, int64_t p0, int64_t p1, int8_t* out);
 // Ops/s of a plain vpdpbusd loop (16 independent accumulators, registers
 // only) on this thread: the instruction's ceiling.
 double vnni_peak(double seconds);
@@ -100,14 +145,13 @@ struct GemmKernels {
   void (*prepare_rows)(const void*, bool, int64_t, int64_t, int64_t, uint8_t*);
   void (*gemm_packed)(const uint8_t*, const void*, bool, const PackedWeight&, int64_t, int64_t,
                       int64_t, int64_t, const Epilogue&);
-  void (*gemm_s32)(const void*, bool, int64_t, const int8_t*, int64_t, const int32_t*, int64_t,
-                   int64_t, int64_t, int32_t*, int64_t);
+  int64_t (*plain_row_bytes)(int64_t);
+  void (*prepare_plain_rows)(const void*, bool, int64_t, int64_t, int64_t, uint8_t*);
+  void (*gemm_plain)(const PlainTask&, const Epilogue&);
   // With a plain weight, from this many rows on it pays to pack it for the
-  // call (an extra pass over the weight) and run the packed kernel.
+  // call (an extra pass over the weight) and run the packed kernel; measured
+  // per ISA (docs/design.md, "Plain weights").
   int64_t pack_per_call_min_m;
-  // Whether gemm_s32 reads w_sum for int8 activations even without zero
-  // points (it shifts them into uint8).
-  bool plain_needs_sums_signed;
 };
 
 GemmKernels gemm_kernels(Isa isa);

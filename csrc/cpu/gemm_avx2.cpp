@@ -42,21 +42,29 @@ inline int32_t hsum(__m256i v) {
 
 // R x C outputs over one block of K. a: R rows (stride lda) of int16;
 // w[c]: weight row c. The first kfull values come from w; when tail is not
-// null, 16 more come from tail[c] (zero padded). Adds to d when accumulate.
+// null, 16 more come from tail[c] (zero padded). Adds to d when accumulate;
+// with `sums` set, also adds the block's weight sums to sums[c] (vpmaddwd
+// with ones: one more instruction per weight vector).
 template <int R, int C>
 void micro(const int16_t* a, int64_t lda, const int8_t* const* w,
            const int8_t (*tail)[kStep], int64_t kfull, bool accumulate, int32_t* d,
-           int64_t ldd) {
-  __m256i acc[R][C];
+           int64_t ldd, int32_t* sums) {
+  __m256i acc[R][C], s[C];
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
+  for (int c = 0; c < C; ++c) {
+    s[c] = _mm256_setzero_si256();
 #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_si256();
+    for (int r = 0; r < R; ++r) acc[r][c] = _mm256_setzero_si256();
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  const bool with_sums = sums != nullptr;
   const auto step = [&](int64_t k, const int8_t* const* wp, int64_t wk) {
     __m256i wv[C];
 #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c)
+    for (int c = 0; c < C; ++c) {
       wv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wp[c] + wk)));
+      if (with_sums) s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(wv[c], ones));
+    }
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + k));
@@ -74,10 +82,12 @@ void micro(const int16_t* a, int64_t lda, const int8_t* const* w,
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) d[r * ldd + c] = (accumulate ? d[r * ldd + c] : 0) + hsum(acc[r][c]);
+  if (with_sums)
+    for (int c = 0; c < C; ++c) sums[c] += hsum(s[c]);
 }
 
 using Micro = void (*)(const int16_t*, int64_t, const int8_t* const*, const int8_t (*)[kStep],
-                       int64_t, bool, int32_t*, int64_t);
+                       int64_t, bool, int32_t*, int64_t, int32_t*);
 
 // Micro-kernels for every edge size, indexed [rows - 1][cols - 1].
 template <int R, int... C>
@@ -98,16 +108,23 @@ void widen(const A* a, int64_t lda, int64_t M, int64_t K, int64_t kp, int16_t* o
   }
 }
 
-// The dot-product kernel: any weights, no packing (small M).
-void gemm_rows(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
-               int64_t M, int64_t N, int64_t K, int32_t* d, int64_t ldd) {
-  const int64_t kp = (K + kStep - 1) / kStep * kStep, kfull = K / kStep * kStep;
-  std::vector<int16_t> a16(static_cast<size_t>(M * kp));
+int64_t widened_k(int64_t K) { return (K + kStep - 1) / kStep * kStep; }
+
+void widen_rows(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K, int16_t* out) {
   if (a_signed) {
-    widen(static_cast<const int8_t*>(a), lda, M, K, kp, a16.data());
+    widen(static_cast<const int8_t*>(a), lda, M, K, widened_k(K), out);
   } else {
-    widen(static_cast<const uint8_t*>(a), lda, M, K, kp, a16.data());
+    widen(static_cast<const uint8_t*>(a), lda, M, K, widened_k(K), out);
   }
+}
+
+// The dot-product kernel on activations widened to int16 (widen_rows, row
+// stride widened_k(K)): any weights, no packing. d[m * ldd + n] = the dot
+// products; with `sums` set, sums[n] = the sums of w's rows.
+void gemm_rows16(const int16_t* a16, const int8_t* w, int64_t ldw, int64_t M, int64_t N,
+                 int64_t K, int32_t* d, int64_t ldd, int32_t* sums) {
+  const int64_t kp = widened_k(K), kfull = K / kStep * kStep;
+  if (sums != nullptr) std::fill(sums, sums + N, 0);
   // K in blocks of kKc, so that kMr int16 activation rows stay in L1 while
   // the weight rows stream past; activation rows outside, weight rows inside.
   int8_t tail[kNr][kStep];
@@ -130,12 +147,20 @@ void gemm_rows(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64
             std::memcpy(tail[c], w + (n0 + c) * ldw + kfull, static_cast<size_t>(K - kfull));
           }
         }
-        kMicros[rows - 1][cols - 1](a16.data() + m0 * kp + k0, kp, wrow,
-                                    has_tail ? tail : nullptr, kmain, k0 > 0,
-                                    d + m0 * ldd + n0, ldd);
+        kMicros[rows - 1][cols - 1](a16 + m0 * kp + k0, kp, wrow, has_tail ? tail : nullptr,
+                                    kmain, k0 > 0, d + m0 * ldd + n0, ldd,
+                                    sums != nullptr && m0 == 0 ? sums + n0 : nullptr);
       }
     }
   }
+}
+
+// The same from the codes as given (the panel kernel's -128 panels).
+void gemm_rows(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
+               int64_t M, int64_t N, int64_t K, int32_t* d, int64_t ldd) {
+  std::vector<int16_t> a16(static_cast<size_t>(M * widened_k(K)));
+  widen_rows(a, a_signed, lda, M, K, a16.data());
+  gemm_rows16(a16.data(), w, ldw, M, N, K, d, ldd, nullptr);
 }
 
 
@@ -278,10 +303,22 @@ void gemm_packed(const uint8_t* prepared, const void* a, bool a_signed, const Pa
   }
 }
 
-void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
-              const int32_t* /*w_sum*/, int64_t M, int64_t N, int64_t K, int32_t* d,
-              int64_t ldd) {
-  gemm_rows(a, a_signed, lda, w, ldw, M, N, K, d, ldd);
+// The plain kernel reads the activations widened to int16.
+int64_t plain_row_bytes(int64_t K) { return 2 * widened_k(K); }
+
+void prepare_plain_rows(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,
+                        uint8_t* out) {
+  widen_rows(a, a_signed, lda, M, K, reinterpret_cast<int16_t*>(out));
+}
+
+void gemm_plain(const PlainTask& t, const Epilogue& ep) {
+  const int64_t M = t.m1 - t.m0, cols = t.n1 - t.n0;
+  std::vector<int32_t> dot(static_cast<size_t>(M * cols)), sums(static_cast<size_t>(cols));
+  gemm_rows16(reinterpret_cast<const int16_t*>(t.a + t.m0 * t.plain_ld), t.w + t.n0 * t.K, t.K,
+              M, cols, t.K, dot.data(), cols, sums.data());
+  if (t.sums != nullptr) std::copy(sums.begin(), sums.end(), t.sums + t.n0);
+  for (int64_t r = 0; r < M; ++r)
+    finish_row(dot.data() + r * cols, sums.data(), t.m0 + r, t.n0, cols, 0, ep);
 }
 
 void split_activations(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,

@@ -234,80 +234,251 @@ void gemm_packed(const uint8_t* prepared, const void* /*a*/, bool a_signed,
   run_packed(prepared, a_signed, w, m0, m1, n0, n1, ep);
 }
 
-// The plain-layout kernel (few rows, unpacked weight): one dot product per
-// output, reduced horizontally.
+// The plain-layout kernel (few rows, unpacked weight): per micro-tile of R
+// activation rows x C weight rows, R * C dot products accumulated in zmm
+// lanes over all of K (64 k a step, the tail masked), and with Sums the C
+// weight rows' sums beside them (vpdpbusd of ones: one more instruction per
+// weight vector, in the first row block only). The C rows of the weight are
+// read once per tile and stay in L1 while the row blocks pass; the
+// horizontal reductions happen once per output, at the end.
 namespace {
 
-constexpr int kPr = 4;
-constexpr int kPc = 4;
+constexpr int kPr = 4;  // activation rows per plain micro-tile
+constexpr int kPc = 4;  // weight rows (output columns) per plain micro-tile
 constexpr int kStep = 64;
 
+// The four horizontal sums of a0..a3, in order.
+inline __m128i reduce4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+  // per 128-bit lane: [a0 0+2, a1 0+2, a0 1+3, a1 1+3], then the same for a2, a3
+  const __m512i x01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+  const __m512i x23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+  // per lane: [a0, a1, a2, a3], then the four lanes added
+  const __m512i y = _mm512_add_epi32(_mm512_unpacklo_epi64(x01, x23), _mm512_unpackhi_epi64(x01, x23));
+  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(y), _mm512_extracti64x4_epi64(y, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// The four lanes' sums of a0..a3 to out[0 .. C).
+template <int C>
+inline void store_sums(__m512i a0, __m512i a1, __m512i a2, __m512i a3, int32_t* out) {
+  _mm_mask_storeu_epi32(out, static_cast<__mmask8>((1u << C) - 1), reduce4(a0, a1, a2, a3));
+}
+
+// What a micro-tile prefetches while it runs: `lines` (1 to 4) cache lines a
+// step from pf on (the next weight rows, so that they arrive while this tile
+// computes instead of when the next one starts).
+struct Prefetch {
+  const int8_t* pf;
+  int lines;
+};
+
+// An empty asm that "changes" each accumulator, between the main loop, the
+// tail and the reductions: without it GCC 12 ties the registers of the later
+// code to the loop's and copies every accumulator on every step (measured:
+// half the speed).
 template <int R, int C>
-void plain_micro(const uint8_t* a, int64_t kp, const int8_t* const* w, int64_t K, int32_t* d,
-                 int64_t ldd) {
-  __m512i acc[R][C];
+inline void pin(__m512i (&acc)[R][C], __m512i (&s)[C]) {
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
+  for (int c = 0; c < C; ++c) {
+    asm("" : "+v"(s[c]));
 #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
-  const auto step = [&](int64_t k, __mmask64 mask) {
+    for (int r = 0; r < R; ++r) asm("" : "+v"(acc[r][c]));
+  }
+}
+
+// a: R prepared rows (stride lda, at least K bytes each); w: C weight rows
+// (stride K). Writes dot[r * ldd + c], and with Sums sums[c].
+template <int R, int C, bool Sums>
+void plain_micro(const uint8_t* a, int64_t lda, const int8_t* w, int64_t K, int32_t* dot,
+                 int64_t ldd, int32_t* sums, Prefetch pre) {
+  __m512i acc[R][C], s[C];
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) {
+    s[c] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r][c] = _mm512_setzero_si512();
+  }
+  const int8_t* wp[C];
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) wp[c] = w + c * K;
+  const uint8_t* ap[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) ap[r] = a + r * lda;
+  const __m512i ones = _mm512_set1_epi8(1);
+  // Four prefetches a step, branch-free: the unused ones repeat the first line.
+  const char* pf = reinterpret_cast<const char*>(pre.pf);
+  const int64_t o1 = pre.lines > 1 ? 64 : 0, o2 = pre.lines > 2 ? 128 : 0,
+                o3 = pre.lines > 3 ? 192 : 0, pf_step = 64 * pre.lines;
+  const int64_t steps = K / kStep;
+  for (int64_t q = 0; q < steps; ++q) {
+    const char* p = pf + q * pf_step;
+    _mm_prefetch(p, _MM_HINT_T0);
+    _mm_prefetch(p + o1, _MM_HINT_T0);
+    _mm_prefetch(p + o2, _MM_HINT_T0);
+    _mm_prefetch(p + o3, _MM_HINT_T0);
     __m512i wv[C];
 #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) wv[c] = _mm512_maskz_loadu_epi8(mask, w[c] + k);
+    for (int c = 0; c < C; ++c) {
+      wv[c] = _mm512_loadu_si512(wp[c] + q * kStep);
+      if constexpr (Sums) s[c] = _mm512_dpbusd_epi32(s[c], ones, wv[c]);
+    }
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      const __m512i av = _mm512_loadu_si512(a + r * kp + k);
+      const __m512i av = _mm512_loadu_si512(ap[r] + q * kStep);
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], av, wv[c]);
     }
-  };
-  const int64_t kfull = K / kStep * kStep;
-  for (int64_t k = 0; k < kfull; k += kStep) step(k, ~__mmask64{0});
-  if (kfull < K) step(kfull, (__mmask64{1} << (K - kfull)) - 1);
+  }
+  pin(acc, s);
+  if (steps * kStep < K) {  // the tail, masked (zeros past K add nothing)
+    const int64_t k = steps * kStep;
+    const __mmask64 mask = ~__mmask64{0} >> (kStep - (K - k));
+    __m512i wv[C];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      wv[c] = _mm512_maskz_loadu_epi8(mask, wp[c] + k);
+      if constexpr (Sums) s[c] = _mm512_dpbusd_epi32(s[c], ones, wv[c]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512i av = _mm512_maskz_loadu_epi8(mask, ap[r] + k);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], av, wv[c]);
+    }
+  }
+  pin(acc, s);
+  const __m512i z = _mm512_setzero_si512();
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) d[r * ldd + c] = _mm512_reduce_add_epi32(acc[r][c]);
+    store_sums<C>(acc[r][0], C > 1 ? acc[r][C > 1 ? 1 : 0] : z, C > 2 ? acc[r][C > 2 ? 2 : 0] : z,
+                  C > 3 ? acc[r][C > 3 ? 3 : 0] : z, dot + r * ldd);
+  if constexpr (Sums)
+    store_sums<C>(s[0], C > 1 ? s[C > 1 ? 1 : 0] : z, C > 2 ? s[C > 2 ? 2 : 0] : z,
+                  C > 3 ? s[C > 3 ? 3 : 0] : z, sums);
 }
 
-using PlainMicro = void (*)(const uint8_t*, int64_t, const int8_t* const*, int64_t, int32_t*, int64_t);
-template <int R, int C>
-constexpr PlainMicro kPlain = &plain_micro<R, C>;
-constexpr PlainMicro kPlainMicros[kPr][kPc] = {
-    {kPlain<1, 1>, kPlain<1, 2>, kPlain<1, 3>, kPlain<1, 4>},
-    {kPlain<2, 1>, kPlain<2, 2>, kPlain<2, 3>, kPlain<2, 4>},
-    {kPlain<3, 1>, kPlain<3, 2>, kPlain<3, 3>, kPlain<3, 4>},
-    {kPlain<4, 1>, kPlain<4, 2>, kPlain<4, 3>, kPlain<4, 4>}};
+using PlainMicro = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int32_t*, int64_t,
+                            int32_t*, Prefetch);
+template <bool S, int R, int... C>
+constexpr std::array<PlainMicro, kPc> plain_row(std::integer_sequence<int, C...>) {
+  return {&plain_micro<R, C + 1, S>...};
+}
+template <bool S, int... R>
+constexpr std::array<std::array<PlainMicro, kPc>, kPr> plain_table(std::integer_sequence<int, R...>) {
+  return {plain_row<S, R + 1>(std::make_integer_sequence<int, kPc>())...};
+}
+// [with sums][rows - 1][columns - 1]
+constexpr std::array<std::array<std::array<PlainMicro, kPc>, kPr>, 2> kPlainMicros = {
+    plain_table<false>(std::make_integer_sequence<int, kPr>()),
+    plain_table<true>(std::make_integer_sequence<int, kPr>())};
 
 }  // namespace
 
-void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
-              const int32_t* w_sum, int64_t M, int64_t N, int64_t K, int32_t* d,
-              int64_t ldd) {
-  const int64_t kp = (K + kStep - 1) / kStep * kStep;
-  // Activations as uint8, zero padded to whole vectors (padding meets masked,
-  // zero weights, so it adds nothing).
-  std::vector<uint8_t> a8(static_cast<size_t>(M * kp), 0);
-  const uint8_t flip = a_signed ? 0x80 : 0x00;  // int8 + 128 as uint8
-  for (int64_t m = 0; m < M; ++m) {
-    const uint8_t* src = static_cast<const uint8_t*>(a) + m * lda;
-    for (int64_t k = 0; k < K; ++k) a8[m * kp + k] = src[k] ^ flip;
+// The plain kernel reads the same uint8 rows as the packed one.
+int64_t plain_row_bytes(int64_t K) { return prepared_row_bytes(K); }
+
+void prepare_plain_rows(const void* a, bool a_signed, int64_t lda, int64_t M, int64_t K,
+                        uint8_t* out) {
+  prepare_rows(a, a_signed, lda, M, K, out);
+}
+
+void gemm_plain(const PlainTask& t, const Epilogue& ep) {
+  const int64_t K = t.K, M = t.m1 - t.m0, cols = t.n1 - t.n0;
+  std::vector<int32_t> dot(static_cast<size_t>(M * cols)), sums(static_cast<size_t>(cols));
+  // While the row blocks of one group of kPc weight rows run, the next
+  // group's rows (contiguous after them) are prefetched, spread evenly over
+  // the blocks' steps: the weight then streams from memory all the time, not
+  // only in each group's first block.
+  const int64_t blocks = (M + kPr - 1) / kPr, steps = std::max<int64_t>((K + kStep - 1) / kStep, 1);
+  const int lines = static_cast<int>(
+      std::clamp<int64_t>(((kPc * K + 63) / 64 + blocks * steps - 1) / (blocks * steps), 1, 4));
+  for (int64_t c0 = 0; c0 < cols; c0 += kPc) {
+    const int nc = static_cast<int>(std::min<int64_t>(kPc, cols - c0));
+    const int8_t* w = t.w + (t.n0 + c0) * K;
+    // (the last group prefetches its own rows again: nothing follows them)
+    Prefetch pre{t.n0 + c0 + nc < t.N ? w + nc * K : w, lines};
+    for (int64_t r0 = 0; r0 < M; r0 += kPr) {
+      const int nr = static_cast<int>(std::min<int64_t>(kPr, M - r0));
+      kPlainMicros[r0 == 0][nr - 1][nc - 1](t.a + (t.m0 + r0) * t.plain_ld, t.plain_ld, w, K,
+                                            dot.data() + r0 * cols + c0, cols, sums.data() + c0,
+                                            pre);
+      pre.pf += static_cast<int64_t>(lines) * 64 * (K / kStep);
+    }
   }
-  for (int64_t m0 = 0; m0 < M; m0 += kPr) {
-    const int rows = static_cast<int>(std::min<int64_t>(kPr, M - m0));
-    for (int64_t n0 = 0; n0 < N; n0 += kPc) {
-      const int cols = static_cast<int>(std::min<int64_t>(kPc, N - n0));
-      const int8_t* wrow[kPc];
-      for (int c = 0; c < cols; ++c) wrow[c] = w + (n0 + c) * ldw;
-      int32_t* out = d + m0 * ldd + n0;
-      kPlainMicros[rows - 1][cols - 1](a8.data() + m0 * kp, kp, wrow, K, out, ldd);
-      if (a_signed) {
-        for (int r = 0; r < rows; ++r)
-          for (int c = 0; c < cols; ++c)  // wrapping int32 arithmetic, exact in the end
-            out[r * ldd + c] = static_cast<int32_t>(static_cast<uint32_t>(out[r * ldd + c]) -
-                                                    128u * static_cast<uint32_t>(w_sum[n0 + c]));
+  if (t.sums != nullptr) std::copy(sums.begin(), sums.end(), t.sums + t.n0);
+  // int8 codes were read as code + 128: take 128 * sum back (zero point 0).
+  const int32_t shift = t.a_signed ? 128 : 0;
+  for (int64_t r = 0; r < M; ++r)
+    finish_row(dot.data() + r * cols, sums.data(), t.m0 + r, t.n0, cols, shift, ep);
+}
+
+// Packing (packed.h) 64 k at a time: the 16 columns of a panel, 64 bytes
+// each, are 16 rows of 16 groups of four k; a 16 x 16 transpose of those
+// 4-byte groups gives the panel's 16 rows of 64 bytes for those groups, in
+// the order they are stored. Each transposed vector also feeds the column
+// sums (vpdpbusd with ones adds each column's four bytes into its lane) and
+// the -128 flags.
+namespace {
+
+// r[i] (16 int32 each) -> r[e] holding element e of every input, in order.
+inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {  // pairs of rows, interleaved by 32 bits
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  __m512i s[16];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {  // s[4i + x], lane L: element 4L + x of rows 4i .. 4i + 3
+    s[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    s[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    s[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    s[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+#pragma GCC unroll 4
+  for (int x = 0; x < 4; ++x) {  // a 4 x 4 transpose of 128-bit lanes
+    const __m512i ab_lo = _mm512_shuffle_i32x4(s[x], s[4 + x], 0x44);
+    const __m512i ab_hi = _mm512_shuffle_i32x4(s[x], s[4 + x], 0xEE);
+    const __m512i cd_lo = _mm512_shuffle_i32x4(s[8 + x], s[12 + x], 0x44);
+    const __m512i cd_hi = _mm512_shuffle_i32x4(s[8 + x], s[12 + x], 0xEE);
+    r[x] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0x88);
+    r[4 + x] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0xDD);
+    r[8 + x] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0x88);
+    r[12 + x] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0xDD);
+  }
+}
+
+}  // namespace
+
+void pack_panels(const int8_t* w, int64_t ldw, int64_t K, int64_t p0, int64_t p1, int8_t* out) {
+  const int64_t kg = packed_groups(K), g = packed_rows(K);
+  const __m512i ones = _mm512_set1_epi8(1), min8 = _mm512_set1_epi8(-128);
+  for (int64_t p = p0; p < p1; ++p) {
+    const int8_t* src = w + p * kPanelCols * ldw;
+    int8_t* dst = out + p * 64 * g;
+    __m512i sums = _mm512_setzero_si512();
+    __mmask64 has_min = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += 64) {
+      const int64_t left = K - k0;
+      const __mmask64 in = left >= 64 ? ~__mmask64{0} : ~__mmask64{0} >> (64 - left);
+      __m512i r[16];
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_epi8(in, src + j * ldw + k0);
+      transpose16(r);
+      const int64_t groups = std::min<int64_t>(16, kg - k0 / 4);
+      for (int64_t q = 0; q < groups; ++q) {
+        _mm512_storeu_si512(dst + (k0 / 4 + q) * 64, r[q]);
+        sums = _mm512_dpbusd_epi32(sums, ones, r[q]);
+        has_min |= _mm512_cmpeq_epi8_mask(r[q], min8);
       }
     }
+    alignas(64) int32_t flags[16];
+    for (int j = 0; j < 16; ++j)
+      flags[j] = static_cast<int32_t>(K << kFlagKShift) |
+                 (((has_min >> (4 * j)) & 0xF) != 0 ? kFlagHasMin : 0);
+    _mm512_storeu_si512(dst + kg * 64, sums);
+    _mm512_storeu_si512(dst + (kg + 1) * 64, _mm512_load_si512(flags));
   }
 }
 

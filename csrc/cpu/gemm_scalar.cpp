@@ -26,13 +26,6 @@ int32_t dot_plain(const A* x, const int8_t* y, int64_t K) {
   return acc;
 }
 
-template <typename A>
-void gemm(const A* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t M, int64_t N,
-          int64_t K, int32_t* d, int64_t ldd) {
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) d[m * ldd + n] = dot_plain(a + m * lda, w + n * ldw, K);
-}
-
 }  // namespace
 
 // The scalar kernel reads the codes as they are: nothing to prepare.
@@ -57,13 +50,28 @@ void gemm_packed(const uint8_t* /*prepared*/, const void* a, bool a_signed,
   }
 }
 
-void gemm_s32(const void* a, bool a_signed, int64_t lda, const int8_t* w, int64_t ldw,
-              const int32_t* /*w_sum*/, int64_t M, int64_t N, int64_t K, int32_t* d,
-              int64_t ldd) {
-  if (a_signed) {
-    gemm(static_cast<const int8_t*>(a), lda, w, ldw, M, N, K, d, ldd);
-  } else {
-    gemm(static_cast<const uint8_t*>(a), lda, w, ldw, M, N, K, d, ldd);
+// The scalar plain kernel reads the codes as they are too.
+int64_t plain_row_bytes(int64_t /*K*/) { return 0; }
+
+void prepare_plain_rows(const void*, bool, int64_t, int64_t, int64_t, uint8_t*) {}
+
+void gemm_plain(const PlainTask& t, const Epilogue& ep) {
+  const int64_t K = t.K, cols = t.n1 - t.n0;
+  std::vector<int32_t> sums(static_cast<size_t>(cols)), dot(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) {
+    const int8_t* row = t.w + (t.n0 + j) * K;
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += row[k];
+    sums[j] = s;
+  }
+  if (t.sums != nullptr) std::memcpy(t.sums + t.n0, sums.data(), sizeof(int32_t) * cols);
+  for (int64_t m = t.m0; m < t.m1; ++m) {
+    for (int64_t j = 0; j < cols; ++j) {
+      const int8_t* row = t.w + (t.n0 + j) * K;
+      dot[j] = t.a_signed ? dot_plain(reinterpret_cast<const int8_t*>(t.a) + m * K, row, K)
+                          : dot_plain(t.a + m * K, row, K);
+    }
+    finish_row(dot.data(), sums.data(), m, t.n0, cols, 0, ep);
   }
 }
 
@@ -74,18 +82,20 @@ GemmKernels gemm_kernels(Isa isa) {
   switch (isa) {
     case Isa::Avx512Vnni:
       return {&avx512_vnni::prepared_row_bytes, &avx512_vnni::prepare_rows,
-              &avx512_vnni::gemm_packed, &avx512_vnni::gemm_s32, 8, true};
+              &avx512_vnni::gemm_packed, &avx512_vnni::plain_row_bytes,
+              &avx512_vnni::prepare_plain_rows, &avx512_vnni::gemm_plain, 48};
     case Isa::Avx512:  // without VNNI the AVX2 kernels are the fastest exact ones
     case Isa::Avx2:
       return {&avx2::prepared_row_bytes, &avx2::prepare_rows, &avx2::gemm_packed,
-              &avx2::gemm_s32, 48, false};
+              &avx2::plain_row_bytes, &avx2::prepare_plain_rows, &avx2::gemm_plain, 128};
     default:
       break;
   }
 #endif
   (void)isa;
   return {&scalar::prepared_row_bytes, &scalar::prepare_rows, &scalar::gemm_packed,
-          &scalar::gemm_s32, int64_t{1} << 62, false};
+          &scalar::plain_row_bytes, &scalar::prepare_plain_rows, &scalar::gemm_plain,
+          int64_t{1} << 62};
 }
 
 }  // namespace torch_quant::cpu

@@ -50,12 +50,6 @@ struct PerRow {
   T operator[](int64_t i) const { return data[per_row ? i : 0]; }
 };
 
-// w_sum as given, or computed from the plain w_q.
-at::Tensor weight_sums(const at::Tensor& w, const std::optional<at::Tensor>& w_sum) {
-  if (w_sum.has_value()) return w_sum->contiguous();
-  return w.sum(1, /*keepdim=*/false, at::kInt);
-}
-
 // The activations of one call: M rows of K codes (row stride K), int8 when
 // a_signed; x_scale / zp per row. `fill(begin, end)`, when set, writes rows
 // [begin, end) of the codes and their parameters first (dynamic quantization),
@@ -69,17 +63,36 @@ struct Activations {
   std::function<void(int64_t, int64_t)> fill;
 };
 
-// Writes y = the epilogue of the product of `act` and `w` into out (dtype out_dtype).
-void linear(const char* op, const Activations& act, const at::Tensor& w, const std::optional<at::Tensor>& w_sum_arg,
+// The row sums of a plain [N, K] weight, for a call with no rows to compute
+// (M = 0) that must still check a given w_sum.
+std::vector<int32_t> row_sums(const int8_t* w, int64_t N, int64_t K) {
+  std::vector<int32_t> sums(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += w[n * K + k];
+    sums[n] = s;
+  }
+  return sums;
+}
+
+// Writes y = the epilogue of the product of `act` and `w` into out (dtype
+// out_dtype), after checking a given w_sum against the sums of the pass over
+// the weight that the call makes anyway (packing it, or the plain kernels).
+void linear(const char* op, const Activations& act, const at::Tensor& w, const std::optional<at::Tensor>& w_sum,
             const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::Tensor& out) {
   const int64_t M = act.M, K = act.K, N = out.size(-1);
+  if (M == 0 || N == 0) {
+    if (w_sum.has_value() && N > 0) check_weight_sums(op, *w_sum, row_sums(w.const_data_ptr<int8_t>(), N, K).data());
+    return;
+  }
   // The kernels of one ISA for the whole call (gemm.h says why).
   const GemmKernels kern = gemm_kernels(active_isa());
   const bool packed_arg = is_packed_weight(w);
   const bool use_packed = packed_arg || M >= kern.pack_per_call_min_m;
   const uint8_t* codes = static_cast<const uint8_t*>(act.codes);
 
-  // The weight as the packed kernels read it: the argument, or packed now.
+  // The weight as the packed kernels read it: the argument, or packed now
+  // (which takes its sums: a given w_sum is checked against them).
   at::Tensor packed_tmp;
   PackedWeight pw{nullptr, N, K};
   if (packed_arg) {
@@ -89,18 +102,24 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
     packed_tmp = at::empty({N, packed_rows(K), 4}, w.options());
     pack(w.const_data_ptr<int8_t>(), K, N, K, packed_tmp.mutable_data_ptr<int8_t>());
     pw.data = packed_tmp.const_data_ptr<int8_t>();
+    if (w_sum.has_value()) {
+      std::vector<int32_t> sums(static_cast<size_t>(N));
+      for (int64_t n = 0; n < N; ++n) sums[n] = pw.sum(n);
+      check_weight_sums(op, *w_sum, sums.data());
+    }
   }
 
-  // Activations: filled (dynamic) and prepared for the packed kernel in one pass.
-  const int64_t ldp = use_packed ? kern.prepared_row_bytes(K) : 0;
+  // Activations: filled (dynamic) and prepared for the kernel in one pass.
+  const int64_t ldp = use_packed ? kern.prepared_row_bytes(K) : kern.plain_row_bytes(K);
+  const auto prepare = use_packed ? kern.prepare_rows : kern.prepare_plain_rows;
   std::unique_ptr<uint8_t[]> prepared(ldp > 0 ? new uint8_t[static_cast<size_t>(M * ldp)] : nullptr);
   if (act.fill || ldp > 0) {
     at::parallel_for(0, M, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K, 1)),
                      [&](int64_t begin, int64_t end) {
                        if (act.fill) act.fill(begin, end);
                        if (ldp > 0)
-                         kern.prepare_rows(codes + begin * K, act.a_signed, K, end - begin, K,
-                                           prepared.get() + begin * ldp);
+                         prepare(codes + begin * K, act.a_signed, K, end - begin, K,
+                                 prepared.get() + begin * ldp);
                      });
   }
 
@@ -113,34 +132,29 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
                     bias.has_value() ? b.const_data_ptr<float>() : nullptr,
                     y32.mutable_data_ptr<float>(), N};
 
-  // Plain kernels need the column sums for zero points, and VNNI's for its
-  // shift of int8 activations; without either, zp * w_sum is 0 anyway.
-  const bool any_zp = std::any_of(act.zp, act.zp + M, [](int32_t z) { return z != 0; });
-  const bool need_sums = !use_packed && (any_zp || (act.a_signed && kern.plain_needs_sums_signed));
-  const at::Tensor sums = need_sums ? weight_sums(w, w_sum_arg) : at::Tensor();
-  const int32_t* sp = need_sums ? sums.const_data_ptr<int32_t>() : nullptr;
+  // Plain weights: the tasks of the first row tile write the weight's row
+  // sums here, taken in their pass over it.
+  std::vector<int32_t> plain_sums(use_packed ? 0 : static_cast<size_t>(N));
+  const uint8_t* plain_a = ldp > 0 ? prepared.get() : codes;
   const int8_t* wp = use_packed ? nullptr : w.const_data_ptr<int8_t>();
 
   const int64_t m_tiles = (M + kTileM - 1) / kTileM, n_tiles = (N + kTileN - 1) / kTileN;
   // Tiles in n-major order, so a thread's consecutive tiles share weights.
   at::parallel_for(0, m_tiles * n_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> dot(use_packed ? 0 : static_cast<size_t>(std::min(kTileM, M) * kTileN));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t m0 = (t % m_tiles) * kTileM, n0 = (t / m_tiles) * kTileN;
       const int64_t m1 = std::min(M, m0 + kTileM), n1 = std::min(N, n0 + kTileN);
       if (use_packed) {
         kern.gemm_packed(prepared.get(), codes, act.a_signed, pw, m0, m1, n0, n1, ep);
-        continue;
+      } else {
+        kern.gemm_plain(PlainTask{plain_a, ldp, act.a_signed, wp, N, K, m0, m1, n0, n1,
+                                  m0 == 0 ? plain_sums.data() : nullptr},
+                        ep);
       }
-      const int64_t mc = m1 - m0, nc = n1 - n0;
-      kern.gemm_s32(codes + m0 * K, act.a_signed, K, wp + n0 * K, K,
-                    sp == nullptr ? nullptr : sp + n0, mc, nc, K, dot.data(), nc);
-      for (int64_t i = 0; i < mc; ++i)
-        for (int64_t j = 0; j < nc; ++j)
-          ep.y[(m0 + i) * N + n0 + j] = finish_scalar(dot[i * nc + j], m0 + i, n0 + j, 0,
-                                                      sp == nullptr ? 0 : sp[n0 + j], ep);
     }
   });
+  // (The output is not returned when this throws.)
+  if (w_sum.has_value() && !use_packed) check_weight_sums(op, *w_sum, plain_sums.data());
   if (!y32.is_same(out)) out.view({M, N}).copy_(y32);
 }
 
@@ -157,7 +171,6 @@ at::Tensor quantized_linear_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
   const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
   at::Tensor out =
       at::empty(linear_output_shape(x, args.N), x.options().dtype(args.out_dtype));
-  if (M == 0 || args.N == 0) return out;
   // Per-row parameters, expanded from per-tensor ones.
   const PerRow<float> xs{args.x_scale.const_data_ptr<float>(), args.x_scale.numel() != 1};
   const PerRow<int32_t> xz{args.x_zero_point.const_data_ptr<int32_t>(),
@@ -188,7 +201,6 @@ at::Tensor dynamic_quantized_linear_cpu(const at::Tensor& x_in, const at::Tensor
   const int64_t K = x.size(-1);
   const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
   at::Tensor out = at::empty(linear_output_shape(x, N), x.options());
-  if (M == 0 || N == 0) return out;
 
   // Per-token quantization, row by row as quantize_per_token does it, into
   // the codes the kernels read (filled inside linear()'s preparing pass).
