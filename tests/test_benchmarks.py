@@ -137,6 +137,38 @@ def test_e2e_skips_without_the_model():
     assert "skipped" in tables.format_section(res)
 
 
+@pytest.mark.slow
+def test_every_section_runs_its_quick_path(monkeypatch, capsys, tmp_path):
+    """`python -m benchmarks --quick` end to end, every section (e2e on a tiny
+    model built here): a renamed import or helper fails here, not in a user's
+    `make bench`."""
+    pytest.importorskip("transformers")
+    monkeypatch.setattr(e2e, "load_default_model", tiny_llama)
+    out = tmp_path / "bench.json"
+    assert run.main(["--quick", "--repeat", "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for s in run.SECTIONS:
+        assert f"== {s.name}:" in text
+    assert "== e2e: end to end" in text and "tiny random Llama" in text
+    assert "Traceback" not in text and "== goals" in text
+    import json
+    sections = {s["name"]: s for s in json.loads(out.read_text())["sections"]}
+    assert set(sections) == {s.name for s in run.SECTIONS}
+    assert any(r["key"] == "e2e/prefill/ours_sym" for r in sections["e2e"]["rows"])
+
+
+@pytest.mark.slow
+def test_default_model_loads_or_skips():
+    """The e2e section's real model: loaded where `make eval-data` installed it,
+    else a one-line SkipSection (never an ImportError)."""
+    try:
+        model, tok, desc = e2e.load_default_model()
+    except e2e.SkipSection as e:
+        assert "make eval-data" in str(e) or str(e)
+        return
+    assert model.config.vocab_size > 0 and tok is not None and "SmolLM2" in desc
+
+
 def test_e2e_helpers():
     model, _, _ = tiny_llama()
     assert e2e.cache_kw(model) in ("cache", "past_key_values")
