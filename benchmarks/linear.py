@@ -46,6 +46,10 @@ GOAL_STREAM = 0.9  # our weight stream / DRAM read bandwidth at M = 1, K = 4096
 GOAL_PEAK = 0.9  # our GOP/s / the int8 peak at M = 256, K = N = 4096
 GOAL_ASYM = 1.05  # asym time / sym time, at most
 GOAL_VS_TORCHAO = 1.0  # torchao (eager and compiled) time / ours, every shape
+# Plain [N, K] weights (issue 26), at K = 4096: ours on the plain weight against
+# ours packed (QuantLinear) and fp32, per M: (most plain / packed time, most
+# plain + w_sum / packed time, least fp32 / plain time)
+GOAL_PLAIN = {1: (1.15, 1.25, 3.0), 16: (1.5, 1.5, 2.5), 256: (1.5, 1.5, 2.5)}
 
 
 def default_repeat(M: int) -> int:
@@ -180,6 +184,19 @@ def _goals(sizes: LinearSizes, by_shape, raw, fig: machine.Figures) -> List[Goal
                                   "bandwidth", r.gbps / fig.read_gbps, GOAL_STREAM))
         if M >= 256:
             vs("int_mm", M, N, K, GOAL_VS_INT_MM, "torch._int_mm")
+        if K == sizes.stream_k and M in GOAL_PLAIN:
+            most_plain, most_wsum, least_fp32 = GOAL_PLAIN[M]
+            times = raw.get((M, N, K), {})
+            for key, what, most in (("ours_plain", "plain w", most_plain),
+                                    ("ours_plain_wsum", "plain w + w_sum", most_wsum)):
+                if times.get(key) and times.get("ours_sym"):
+                    v, q1, q3 = ratio_by_rep(times[key], times["ours_sym"])
+                    goals.append(Goal(f"linear M={M} N={N} K={K}: ours {what} time / ours sym "
+                                      "(packed)", v, most, q1, q3, op="<="))
+            if times.get("fp32") and times.get("ours_plain"):
+                v, q1, q3 = ratio_by_rep(times["fp32"], times["ours_plain"])
+                goals.append(Goal(f"linear M={M} N={N} K={K}: fp32 time / ours on the plain w",
+                                  v, least_fp32, q1, q3))
     r = by_shape.get(sizes.peak_shape, {}).get("ours_sym")
     if r is not None and r.times and fig.peak is not None and not fig.peak.implausible:
         M, N, K = sizes.peak_shape
@@ -257,7 +274,8 @@ def _method_notes(sizes: LinearSizes) -> List[str]:
         "ours: tq.QuantLinear.from_float (symmetric per-channel int8 weights, packed once by "
         "tq.pack_weight at conversion, not in the timed call; activations quantized per token "
         "inside the op, int8 symmetric or uint8 asymmetric); 'plain w' is "
-        "tq.dynamic_quantized_linear on the plain [N, K] weight, a secondary row; "
+        "tq.dynamic_quantized_linear on the plain [N, K] weight, a secondary row ('+ w_sum': "
+        "the same with the weight's row sums given, which the op checks on every call); "
         "'+ input_smooth' multiplies x by per-channel smoothing factors inside the op (the "
         "quantize-step path of smoothing; folded smoothing costs nothing), its cost is its "
         "/ours sym column",

@@ -36,6 +36,7 @@ PEER_LABELS = {  # key: (label, short name for the goals; None: not an int8 peer
     "ours_sym": ("ours QuantLinear symmetric (packed w)", None),
     "ours_asym": ("ours QuantLinear asymmetric (packed w)", None),
     "ours_plain": ("ours op symmetric, plain [N,K] w", None),
+    "ours_plain_wsum": ("ours op symmetric, plain [N,K] w + w_sum", None),
     "ours_smooth": ("ours QuantLinear symmetric + input_smooth", None),
     "ours_hadamard": ("ours QuantLinear symmetric + Hadamard rotation", None),
     "qd_tensor": ("torch.ao quantize_dynamic, per-tensor w", "quantize_dynamic per-tensor"),
@@ -133,6 +134,10 @@ class Weights:
             self.ours_hadamard = [tq.QuantLinear.from_float(linear_module(w), hadamard_block=block)
                                   for _ in range(copies)] if block else []
             self.plain = [self.w_q.clone() for _ in range(copies)]
+            # a given w_sum is checked on every call (against the sums the
+            # plain kernel takes in its pass): its cost is this row's
+            self.plain_wsum = [(w, w.sum(1, dtype=torch.int32)) for w in
+                               (self.w_q.clone() for _ in range(copies))]
             self.int_mm = [self.w_q.clone() for _ in range(copies)] if peers.int_mm else []
             self.w8 = [self.w_q.clone() for _ in range(copies)] if peers.w8pack else []
         self.packed_nbytes = self.ours["symmetric"][0].weight.nbytes
@@ -180,6 +185,8 @@ class Weights:
                        self.packed_nbytes)] if self.ours_hadamard else []),
             LinCand("ours_plain", cycling(lambda wt: tq.dynamic_quantized_linear(
                 x, wt, ws, None, None, "symmetric"), [(t,) for t in self.plain]), N * K),
+            LinCand("ours_plain_wsum", cycling(lambda wt, s: tq.dynamic_quantized_linear(
+                x, wt, ws, None, s, "symmetric"), self.plain_wsum), N * K),
         ]
         for key in ("qd_tensor", "qd_channel"):
             b = self.built.get(key)

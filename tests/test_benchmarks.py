@@ -65,7 +65,8 @@ def test_linear_section_tiny():
         res = linear.section_linear(CFG, sizes)
     rows = {r.key: r for r in res.rows}
     for M in (1, 8):
-        for key in ("fp32", "ours_sym", "ours_asym", "ours_plain", "ours_smooth"):
+        for key in ("fp32", "ours_sym", "ours_asym", "ours_plain", "ours_plain_wsum",
+                    "ours_smooth"):
             r = rows[f"linear/M{M}/N64/K96/{key}"]
             assert len(r.times) == 2 and all(t > 0 for t in r.times)
             assert r.extra["gops"] > 0
@@ -83,6 +84,10 @@ def test_linear_section_tiny():
     assert any("M=1 N=64 K=96: quantize_dynamic time / ours sym" in n for n in names)
     assert any("weight stream / DRAM read bandwidth" in n for n in names)
     assert any("asymmetric time / symmetric" in n for n in names)
+    assert any("M=1 N=64 K=96: ours plain w time / ours sym (packed)" in n for n in names)
+    assert any("M=1 N=64 K=96: ours plain w + w_sum time / ours sym (packed)" in n
+               for n in names)
+    assert any("M=1 N=64 K=96: fp32 time / ours on the plain w" in n for n in names)
     text = tables.format_section(res)
     assert "ours QuantLinear symmetric (packed w)" in text and "/ours sym" in text
 
