@@ -400,10 +400,10 @@ def test_every_isa_matches_scalar(gen, M, K, N):
 
 
 # Row counts on both sides of where a plain weight stops being read as it is
-# and is packed for the call (48 rows for AVX-512 VNNI, 128 for AVX2;
+# and is packed for the call (80 rows for AVX-512 VNNI, 128 for AVX2;
 # docs/design.md, "Plain weights"), with K past a 64-byte step and past the
 # AVX2 kernel's K block, N past a task's 64 columns and not a multiple of 4.
-CROSSOVER_M = [1, 5, 47, 48, 127, 128, 131]
+CROSSOVER_M = [1, 5, 79, 80, 127, 128, 300]
 
 
 @pytest.mark.parametrize("M", CROSSOVER_M)

@@ -83,7 +83,7 @@ GemmKernels gemm_kernels(Isa isa) {
     case Isa::Avx512Vnni:
       return {&avx512_vnni::prepared_row_bytes, &avx512_vnni::prepare_rows,
               &avx512_vnni::gemm_packed, &avx512_vnni::plain_row_bytes,
-              &avx512_vnni::prepare_plain_rows, &avx512_vnni::gemm_plain, 48};
+              &avx512_vnni::prepare_plain_rows, &avx512_vnni::gemm_plain, 80};
     case Isa::Avx512:  // without VNNI the AVX2 kernels are the fastest exact ones
     case Isa::Avx2:
       return {&avx2::prepared_row_bytes, &avx2::prepare_rows, &avx2::gemm_packed,

@@ -91,23 +91,17 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
   const bool use_packed = packed_arg || M >= kern.pack_per_call_min_m;
   const uint8_t* codes = static_cast<const uint8_t*>(act.codes);
 
-  // The weight as the packed kernels read it: the argument, or packed now
-  // (which takes its sums: a given w_sum is checked against them).
-  at::Tensor packed_tmp;
+  // A packed argument is read as it is. A plain weight with many rows is
+  // packed for the call, one task's 64 columns at a time into a buffer of the
+  // thread's (hot in cache when the kernel reads it, and no temporary the
+  // size of the weight: at 11008 x 4096 its fresh pages alone cost more than
+  // the packing).
   PackedWeight pw{nullptr, N, K};
   if (packed_arg) {
     pw.data = w.const_data_ptr<int8_t>();
     check_packed_k(op, "w_q", pw);
-  } else if (use_packed) {
-    packed_tmp = at::empty({N, packed_rows(K), 4}, w.options());
-    pack(w.const_data_ptr<int8_t>(), K, N, K, packed_tmp.mutable_data_ptr<int8_t>());
-    pw.data = packed_tmp.const_data_ptr<int8_t>();
-    if (w_sum.has_value()) {
-      std::vector<int32_t> sums(static_cast<size_t>(N));
-      for (int64_t n = 0; n < N; ++n) sums[n] = pw.sum(n);
-      check_weight_sums(op, *w_sum, sums.data());
-    }
   }
+  const bool pack_now = use_packed && !packed_arg;
 
   // Activations: filled (dynamic) and prepared for the kernel in one pass.
   const int64_t ldp = use_packed ? kern.prepared_row_bytes(K) : kern.plain_row_bytes(K);
@@ -133,28 +127,46 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
                     y32.mutable_data_ptr<float>(), N};
 
   // Plain weights: the tasks of the first row tile write the weight's row
-  // sums here, taken in their pass over it.
-  std::vector<int32_t> plain_sums(use_packed ? 0 : static_cast<size_t>(N));
+  // sums here, taken in their pass over it (the plain kernel's, or packing).
+  std::vector<int32_t> sums(packed_arg ? 0 : static_cast<size_t>(N));
   const uint8_t* plain_a = ldp > 0 ? prepared.get() : codes;
-  const int8_t* wp = use_packed ? nullptr : w.const_data_ptr<int8_t>();
+  const int8_t* wp = packed_arg ? nullptr : w.const_data_ptr<int8_t>();
 
   const int64_t m_tiles = (M + kTileM - 1) / kTileM, n_tiles = (N + kTileN - 1) / kTileN;
   // Tiles in n-major order, so a thread's consecutive tiles share weights.
   at::parallel_for(0, m_tiles * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int8_t> chunk;  // pack_now: columns chunk_n0 .. + 64, packed
+    int64_t chunk_n0 = -1;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t m0 = (t % m_tiles) * kTileM, n0 = (t / m_tiles) * kTileN;
       const int64_t m1 = std::min(M, m0 + kTileM), n1 = std::min(N, n0 + kTileN);
-      if (use_packed) {
+      if (packed_arg) {
         kern.gemm_packed(prepared.get(), codes, act.a_signed, pw, m0, m1, n0, n1, ep);
+      } else if (pack_now) {
+        const int64_t cols = n1 - n0;
+        if (n0 != chunk_n0) {
+          chunk.resize(static_cast<size_t>(cols * packed_rows(K) * 4));
+          pack(wp + n0 * K, K, cols, K, chunk.data());  // (serial: inside a task)
+          chunk_n0 = n0;
+        }
+        const PackedWeight view{chunk.data(), cols, K};
+        if (m0 == 0)
+          for (int64_t j = 0; j < cols; ++j) sums[n0 + j] = view.sum(j);
+        // The chunk's columns start at 0: so do the epilogue's.
+        Epilogue e = ep;
+        e.w_scale += n0;
+        if (e.bias != nullptr) e.bias += n0;
+        e.y += n0;
+        kern.gemm_packed(prepared.get(), codes, act.a_signed, view, m0, m1, 0, cols, e);
       } else {
         kern.gemm_plain(PlainTask{plain_a, ldp, act.a_signed, wp, N, K, m0, m1, n0, n1,
-                                  m0 == 0 ? plain_sums.data() : nullptr},
+                                  m0 == 0 ? sums.data() : nullptr},
                         ep);
       }
     }
   });
   // (The output is not returned when this throws.)
-  if (w_sum.has_value() && !use_packed) check_weight_sums(op, *w_sum, plain_sums.data());
+  if (w_sum.has_value()) check_weight_sums(op, *w_sum, sums.data());
   if (!y32.is_same(out)) out.view({M, N}).copy_(y32);
 }
 
