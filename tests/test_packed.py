@@ -24,7 +24,8 @@ from torch_quant import reference as ref
 
 from conftest import MODES, assert_same, num_threads
 
-SIZES = [(1, 1), (7, 3), (16, 4), (17, 5), (33, 29), (5, 1025), (48, 64), (0, 8), (3, 0)]
+SIZES = [(1, 1), (7, 3), (16, 4), (17, 5), (33, 29), (5, 1025), (48, 64), (0, 8), (3, 0),
+         (32, 100), (64, 1030)]
 
 
 def layout_reference(w: torch.Tensor) -> torch.Tensor:
@@ -48,10 +49,14 @@ def layout_reference(w: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("N,K", SIZES, ids=[f"{n}x{k}" for n, k in SIZES])
-def test_layout_matches_the_documented_one(gen, N, K):
+def test_layout_matches_the_documented_one(isa, gen, N, K):
+    """Every ISA's packing (AVX-512 and AVX2 transpose full panels) writes the
+    documented bytes; -128 in a full panel's first and last column too."""
     w = torch.randint(-128, 128, (N, K), generator=gen).to(torch.int8)
     if N and K:
         w[N // 2, K // 2] = -128
+    if N >= 16 and K:
+        w[0, K - 1] = w[15, 0] = -128
     packed = tq.pack_weight(w)
     assert packed.dtype == torch.int8 and packed.shape == (N, (K + 3) // 4 + 2, 4)
     assert_same(packed, layout_reference(w), "layout")

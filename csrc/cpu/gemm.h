@@ -118,6 +118,8 @@ struct PlainTask {
 namespace scalar { TORCH_QUANT_DECLARE_GEMM }
 namespace avx2 {
 TORCH_QUANT_DECLARE_GEMM
+// As avx512_vnni::pack_panels, with AVX2 (8 x 8 transposes).
+void pack_panels(const int8_t* w, int64_t ldw, int64_t K, int64_t p0, int64_t p1, int8_t* out);
 // Single-core throughput (operations per second, a multiply-add counting as
 // two) of the fp32 FMA unit, of the exact AVX2 panel kernel on data in L1, and
 // of the same loop without the sign move (uint8 x int8, saturating on 8-bit

@@ -43,12 +43,14 @@ inline int32_t hsum(__m256i v) {
 // R x C outputs over one block of K. a: R rows (stride lda) of int16;
 // w[c]: weight row c. The first kfull values come from w; when tail is not
 // null, 16 more come from tail[c] (zero padded). Adds to d when accumulate;
-// with `sums` set, also adds the block's weight sums to sums[c] (vpmaddwd
-// with ones: one more instruction per weight vector).
-template <int R, int C>
+// with Sums, also adds the block's weight sums to sums[c] (vpmaddwd with
+// ones: one more instruction per weight vector). Each step prefetches the
+// line at pf + C * k (the next weight rows when a caller streams them, or
+// lines it reads anyway).
+template <int R, int C, bool Sums>
 void micro(const int16_t* a, int64_t lda, const int8_t* const* w,
            const int8_t (*tail)[kStep], int64_t kfull, bool accumulate, int32_t* d,
-           int64_t ldd, int32_t* sums) {
+           int64_t ldd, int32_t* sums, const int8_t* pf) {
   __m256i acc[R][C], s[C];
 #pragma GCC unroll 4
   for (int c = 0; c < C; ++c) {
@@ -57,48 +59,72 @@ void micro(const int16_t* a, int64_t lda, const int8_t* const* w,
     for (int r = 0; r < R; ++r) acc[r][c] = _mm256_setzero_si256();
   }
   const __m256i ones = _mm256_set1_epi16(1);
-  const bool with_sums = sums != nullptr;
-  const auto step = [&](int64_t k, const int8_t* const* wp, int64_t wk) {
+  const int8_t* wp[C];
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) wp[c] = w[c];
+  const int16_t* ap[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) ap[r] = a + r * lda;
+  // (No lambda for the step, and the accumulators pinned after the loop:
+  // otherwise GCC copies every accumulator on every step.)
+  for (int64_t k = 0; k < kfull; k += kStep) {
+    _mm_prefetch(reinterpret_cast<const char*>(pf + C * k), _MM_HINT_T0);
     __m256i wv[C];
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
-      wv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wp[c] + wk)));
-      if (with_sums) s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(wv[c], ones));
+      wv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wp[c] + k)));
+      if constexpr (Sums) s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(wv[c], ones));
     }
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + k));
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ap[r] + k));
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(av, wv[c]));
     }
-  };
-  for (int64_t k = 0; k < kfull; k += kStep) step(k, w, k);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) {
+    asm("" : "+x"(s[c]));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) asm("" : "+x"(acc[r][c]));
+  }
   if (tail != nullptr) {
-    const int8_t* tp[C];
-    for (int c = 0; c < C; ++c) tp[c] = tail[c];
-    step(kfull, tp, 0);
+    __m256i wv[C];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      wv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tail[c])));
+      if constexpr (Sums) s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(wv[c], ones));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ap[r] + kfull));
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(av, wv[c]));
+    }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) d[r * ldd + c] = (accumulate ? d[r * ldd + c] : 0) + hsum(acc[r][c]);
-  if (with_sums)
+  if constexpr (Sums)
     for (int c = 0; c < C; ++c) sums[c] += hsum(s[c]);
 }
 
 using Micro = void (*)(const int16_t*, int64_t, const int8_t* const*, const int8_t (*)[kStep],
-                       int64_t, bool, int32_t*, int64_t, int32_t*);
+                       int64_t, bool, int32_t*, int64_t, int32_t*, const int8_t*);
 
-// Micro-kernels for every edge size, indexed [rows - 1][cols - 1].
-template <int R, int... C>
+// Micro-kernels for every edge size, indexed [with sums][rows - 1][cols - 1].
+template <bool S, int R, int... C>
 constexpr std::array<Micro, kNr> micro_row(std::integer_sequence<int, C...>) {
-  return {&micro<R, C + 1>...};
+  return {&micro<R, C + 1, S>...};
 }
-template <int... R>
+template <bool S, int... R>
 constexpr std::array<std::array<Micro, kNr>, kMr> micro_table(std::integer_sequence<int, R...>) {
-  return {micro_row<R + 1>(std::make_integer_sequence<int, kNr>())...};
+  return {micro_row<S, R + 1>(std::make_integer_sequence<int, kNr>())...};
 }
-constexpr auto kMicros = micro_table(std::make_integer_sequence<int, kMr>());
+constexpr std::array<std::array<std::array<Micro, kNr>, kMr>, 2> kMicros = {
+    micro_table<false>(std::make_integer_sequence<int, kMr>()),
+    micro_table<true>(std::make_integer_sequence<int, kMr>())};
 
 template <typename A>
 void widen(const A* a, int64_t lda, int64_t M, int64_t K, int64_t kp, int16_t* out) {
@@ -147,9 +173,14 @@ void gemm_rows16(const int16_t* a16, const int8_t* w, int64_t ldw, int64_t M, in
             std::memcpy(tail[c], w + (n0 + c) * ldw + kfull, static_cast<size_t>(K - kfull));
           }
         }
-        kMicros[rows - 1][cols - 1](a16 + m0 * kp + k0, kp, wrow, has_tail ? tail : nullptr,
-                                    kmain, k0 > 0, d + m0 * ldd + n0, ldd,
-                                    sums != nullptr && m0 == 0 ? sums + n0 : nullptr);
+        // One stream per call (one or two rows, all of K): prefetch the
+        // next rows, which follow these in memory; else lines read anyway.
+        const int8_t* pf = kc == kp && n0 + cols < N ? w + (n0 + cols) * ldw : wrow[0];
+        const bool with_sums = sums != nullptr && m0 == 0;
+        kMicros[with_sums][rows - 1][cols - 1](a16 + m0 * kp + k0, kp, wrow,
+                                               has_tail ? tail : nullptr, kmain, k0 > 0,
+                                               d + m0 * ldd + n0, ldd,
+                                               with_sums ? sums + n0 : nullptr, pf);
       }
     }
   }
@@ -345,6 +376,76 @@ void split_activations(const void* a, bool a_signed, int64_t lda, int64_t M, int
       const int64_t at = (k / 4) * 8 + k % 4;
       o[at] = static_cast<uint8_t>(v < 0 ? -v : v);  // |-128| = 128 as uint8
       o[at + 4] = static_cast<uint8_t>(v);
+    }
+  }
+}
+
+// Packing (packed.h) 32 k at a time: the same bytes as pack_columns, from
+// an 8 x 8 transpose of 4-byte groups per half panel (8 columns), whose
+// vectors also feed the column sums and the -128 flags (gemm_avx512_vnni.cpp
+// does the same with 16 x 16).
+namespace {
+
+inline void transpose8(__m256i (&r)[8]) {
+  __m256i t[8], u[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {  // u[4i + x], lane L: element 4L + x of rows 4i .. 4i + 3
+    u[4 * i + 0] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+#pragma GCC unroll 4
+  for (int x = 0; x < 4; ++x) {
+    r[x] = _mm256_permute2x128_si256(u[x], u[4 + x], 0x20);
+    r[4 + x] = _mm256_permute2x128_si256(u[x], u[4 + x], 0x31);
+  }
+}
+
+}  // namespace
+
+void pack_panels(const int8_t* w, int64_t ldw, int64_t K, int64_t p0, int64_t p1, int8_t* out) {
+  const int64_t kg = packed_groups(K), g = packed_rows(K), kfull = K / 32 * 32;
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  const __m256i min8 = _mm256_set1_epi8(-128);
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int half = 0; half < 2; ++half) {
+      const int8_t* src = w + (p * kPanelCols + 8 * half) * ldw;
+      int8_t* dst = out + p * 64 * g + 32 * half;
+      __m256i sums = _mm256_setzero_si256();
+      uint32_t has_min = 0;
+      for (int64_t k0 = 0; k0 < K; k0 += 32) {
+        __m256i r[8];
+        if (k0 < kfull) {
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j)
+            r[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + j * ldw + k0));
+        } else {  // the tail, zero padded
+          alignas(32) int8_t buf[8][32] = {};
+          for (int j = 0; j < 8; ++j) std::memcpy(buf[j], src + j * ldw + k0, static_cast<size_t>(K - k0));
+          for (int j = 0; j < 8; ++j) r[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf[j]));
+        }
+        transpose8(r);
+        const int64_t groups = std::min<int64_t>(8, kg - k0 / 4);
+        for (int64_t q = 0; q < groups; ++q) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (k0 / 4 + q) * 64), r[q]);
+          // each column's four bytes: pairs into int16, then into its int32 lane
+          sums = _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, r[q]), ones16));
+          has_min |= static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(r[q], min8)));
+        }
+      }
+      alignas(32) int32_t flags[8];
+      for (int j = 0; j < 8; ++j)
+        flags[j] = static_cast<int32_t>(K << kFlagKShift) |
+                   (((has_min >> (4 * j)) & 0xF) != 0 ? kFlagHasMin : 0);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + kg * 64), sums);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (kg + 1) * 64),
+                          _mm256_load_si256(reinterpret_cast<const __m256i*>(flags)));
     }
   }
 }
