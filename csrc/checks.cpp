@@ -83,7 +83,7 @@ ParamLayout check_qparams(const char* op, const char* x_name, const at::Tensor& 
 }
 
 at::Tensor checked_scale_values(const char* op, const at::Tensor& scale, const char* name) {
-  at::Tensor out = scale.to(at::kCPU, at::kFloat).contiguous();
+  at::Tensor out = float_on_cpu(scale).contiguous();
   const float* s = out.const_data_ptr<float>();
   for (int64_t i = 0; i < out.numel(); ++i) {
     TORCH_CHECK(s[i] > 0.0f && is_finite(s[i]) && is_finite(1.0f / s[i]), op, ": ", name,

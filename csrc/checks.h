@@ -21,6 +21,13 @@ namespace torch_quant {
 // those of the fake kernels (torch_quant/fake_kernels.py).
 std::string dtype_name(at::ScalarType t);
 
+// t as float32 on the CPU: t itself when it already is, without the
+// dispatcher call of t.to() (a call's prologue is a visible share of a small
+// layer's decode step).
+inline at::Tensor float_on_cpu(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && t.device().is_cpu() ? t : t.to(at::kCPU, at::kFloat);
+}
+
 // "symmetric" | "asymmetric"; `name` is the argument's name in messages.
 Mode parse_mode(const char* op, std::string_view mode, const char* name = "mode");
 

@@ -118,9 +118,9 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
   }
 
   // Per-column epilogue parameters, and a float32 destination.
-  const at::Tensor ws = w_scale.numel() == N ? w_scale.to(at::kFloat).contiguous()
-                                             : w_scale.to(at::kFloat).reshape({1}).expand({N}).contiguous();
-  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor ws = w_scale.numel() == N ? float_on_cpu(w_scale).contiguous()
+                                             : float_on_cpu(w_scale).reshape({1}).expand({N}).contiguous();
+  const at::Tensor b = bias.has_value() ? float_on_cpu(*bias).contiguous() : at::Tensor();
   at::Tensor y32 = out.scalar_type() == at::kFloat ? out : at::empty({M, N}, out.options().dtype(at::kFloat));
   const Epilogue ep{act.zp, act.x_scale, ws.const_data_ptr<float>(),
                     bias.has_value() ? b.const_data_ptr<float>() : nullptr,
