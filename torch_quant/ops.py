@@ -118,8 +118,10 @@ def quantized_linear(
     ``x_q``: ``[*, K]`` int8 (symmetric) or uint8 (asymmetric); ``x_scale`` /
     ``x_zero_point``: one element or ``x_q.shape[:-1]`` (per token). ``w_q``:
     ``[N, K]`` int8 with zero point 0; ``w_scale``: one element or ``[N]``;
-    ``w_sum[n] = sum_k w_q[n, k]`` as int32, computed when not given (pass it to
-    save a pass over the weights). ``K`` may be at most 65793, the largest for
+    ``w_sum[n] = sum_k w_q[n, k]`` as int32, computed when not given; a given one
+    must hold exactly those sums and is checked on every call (on the CPU against
+    the sums the kernel takes in its own pass over the weight, so it costs no
+    extra pass; a packed weight holds its sums and takes none). ``K`` may be at most 65793, the largest for
     which the int32 accumulator is exact. Returns ``[*, N]`` in ``out_dtype``
     (float32, float16 or bfloat16; default float32).
     """
