@@ -121,8 +121,8 @@ def quantized_linear(
     ``w_sum[n] = sum_k w_q[n, k]`` as int32, computed when not given; a given one
     must hold exactly those sums and is checked on every call (on the CPU against
     the sums the kernel takes in its own pass over the weight, so it costs no
-    extra pass; a packed weight holds its sums and takes none). ``K`` may be at most 65793, the largest for
-    which the int32 accumulator is exact. Returns ``[*, N]`` in ``out_dtype``
+    extra pass; a packed weight holds its sums and takes none). ``K`` may be at
+    most 65793, the largest for which the int32 accumulator is exact. Returns ``[*, N]`` in ``out_dtype``
     (float32, float16 or bfloat16; default float32).
     """
     return _ops.quantized_linear.default(
