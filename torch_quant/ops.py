@@ -122,8 +122,8 @@ def quantized_linear(
     must hold exactly those sums and is checked on every call (on the CPU against
     the sums the kernel takes in its own pass over the weight, so it costs no
     extra pass; a packed weight holds its sums and takes none). ``K`` may be at
-    most 65793, the largest for which the int32 accumulator is exact. Returns ``[*, N]`` in ``out_dtype``
-    (float32, float16 or bfloat16; default float32).
+    most 65793, the largest for which the int32 accumulator is exact. Returns
+    ``[*, N]`` in ``out_dtype`` (float32, float16 or bfloat16; default float32).
     """
     return _ops.quantized_linear.default(
         x_q, x_scale, x_zero_point, w_q, w_scale, bias, w_sum, out_dtype
