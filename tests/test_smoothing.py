@@ -381,3 +381,31 @@ def test_hadamard_layer_arguments():
     with torch.no_grad():
         assert rel_err(q(x), lin(x)) < 0.02
     assert "hadamard_block=8" in repr(q)
+
+
+def test_global_undo_keeps_a_groups_rotation(gen, monkeypatch):
+    """When the model's output check fails after folding, every fold is undone
+    and each multi-layer group is split into one quantize-step group per
+    layer: a rotation chosen for the group (a and b, after the norm) must
+    survive on each of its layers, and the model must be as it was."""
+    from torch_quant import smoothing_groups
+    m = make(nn.LayerNorm(24), nn.ReLU())
+    ref = copy.deepcopy(m)
+    layers = {n: m.get_submodule(n) for n in ("a", "b", "c")}
+    x = outlier_inputs(gen)
+    groups = smoothing.find_groups(m, layers, x)
+    pair = next(g for g in groups if g.members == ["a", "b"])
+    pair.hadamard_block = 8  # rotated: no factors
+    other = next(g for g in groups if g.members == ["c"])
+    other.alpha, other.factors = 0.5, torch.rand(40, generator=gen) + 0.5  # folded, then undone
+    # the model's output "changed": the global undo path
+    monkeypatch.setattr(smoothing_groups, "_close", lambda a, b, rtol=1e-3: False)
+    out = smoothing_groups.fold(m, groups, x)
+    by_layer = {n: g for g in out for n in g.members}
+    assert sorted(by_layer) == ["a", "b", "c"]
+    for n in ("a", "b"):
+        assert by_layer[n].members == [n] and by_layer[n].kind == "input"
+        assert by_layer[n].hadamard_block == 8
+    assert by_layer["c"].kind == "input" and by_layer["c"].hadamard_block == 0
+    for (name, p), q in zip(m.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(p, q), name

@@ -399,7 +399,9 @@ def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup
     out: List[SmoothGroup] = []
     for g in groups:
         if g.kind == "input" and len(g.members) > 1:
-            out.extend(SmoothGroup("input", [n], alpha=g.alpha, factors=g.factors)
+            # (each layer keeps the group's choice: its factors, or its rotation)
+            out.extend(SmoothGroup("input", [n], alpha=g.alpha, factors=g.factors,
+                                   hadamard_block=g.hadamard_block)
                        for n in g.members)
         else:
             if g.kind == "input":
