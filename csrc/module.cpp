@@ -12,6 +12,7 @@
 #include "cpu/gemm.h"
 #include "cpu/isa.h"
 #include "cpu/packed.h"
+#include "cpu/peaks.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace torch_quant::cpu;

@@ -120,28 +120,18 @@ namespace avx2 {
 TORCH_QUANT_DECLARE_GEMM
 // As avx512_vnni::pack_panels, with AVX2 (8 x 8 transposes).
 void pack_panels(const int8_t* w, int64_t ldw, int64_t K, int64_t p0, int64_t p1, int8_t* out);
-// Single-core throughput (operations per second, a multiply-add counting as
-// two) of the fp32 FMA unit, of the exact AVX2 panel kernel on data in L1, and
-// of the same loop without the sign move (uint8 x int8, saturating on 8-bit
-// data): the ceilings the benchmark prints next to its measurements.
-struct KernelPeaks {
-  double fp32_fma = 0, int8_exact = 0, int8_u8s8 = 0;
-};
-KernelPeaks kernel_peaks(double seconds_each);
 }  // namespace avx2
 namespace avx512_vnni {
 TORCH_QUANT_DECLARE_GEMM
 // Packs the full panels [p0, p1) of w ([N, K], row stride ldw; N >= 16 * p1)
 // into out, the whole packed tensor: the same bytes as pack_columns.
 void pack_panels(const int8_t* w, int64_t ldw, int64_t K, int64_t p0, int64_t p1, int8_t* out);
-// Ops/s of a plain vpdpbusd loop (16 independent accumulators, registers
-// only) on this thread: the instruction's ceiling.
-double vnni_peak(double seconds);
 }  // namespace avx512_vnni
 
 // The GEMM entry points for one instruction set, chosen once per call
 // (linear.cpp reads active_isa() once and passes it down, so a switch from
-// another thread cannot change the kernel halfway through a call).
+// another thread cannot change the kernel halfway through a call). The one
+// table of them, and the measured thresholds, is gemm_dispatch.cpp.
 struct GemmKernels {
   int64_t (*prepared_row_bytes)(int64_t);
   void (*prepare_rows)(const void*, bool, int64_t, int64_t, int64_t, uint8_t*);
@@ -150,6 +140,8 @@ struct GemmKernels {
   int64_t (*plain_row_bytes)(int64_t);
   void (*prepare_plain_rows)(const void*, bool, int64_t, int64_t, int64_t, uint8_t*);
   void (*gemm_plain)(const PlainTask&, const Epilogue&);
+  // Packs full panels [p0, p1) by transposes (null: pack_columns packs all).
+  void (*pack_panels)(const int8_t*, int64_t, int64_t, int64_t, int64_t, int8_t*);
   // With a plain weight, from this many rows on it pays to pack it for the
   // call (an extra pass over the weight) and run the packed kernel; measured
   // per ISA (docs/design.md, "Plain weights").

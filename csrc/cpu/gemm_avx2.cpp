@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "peaks.h"
 #include "target.h"
 
 #if TORCH_QUANT_X86

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "peaks.h"
 #include "target.h"
 
 #if TORCH_QUANT_X86

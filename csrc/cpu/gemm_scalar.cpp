@@ -77,25 +77,4 @@ void gemm_plain(const PlainTask& t, const Epilogue& ep) {
 
 }  // namespace scalar
 
-GemmKernels gemm_kernels(Isa isa) {
-#if TORCH_QUANT_X86
-  switch (isa) {
-    case Isa::Avx512Vnni:
-      return {&avx512_vnni::prepared_row_bytes, &avx512_vnni::prepare_rows,
-              &avx512_vnni::gemm_packed, &avx512_vnni::plain_row_bytes,
-              &avx512_vnni::prepare_plain_rows, &avx512_vnni::gemm_plain, 80};
-    case Isa::Avx512:  // without VNNI the AVX2 kernels are the fastest exact ones
-    case Isa::Avx2:
-      return {&avx2::prepared_row_bytes, &avx2::prepare_rows, &avx2::gemm_packed,
-              &avx2::plain_row_bytes, &avx2::prepare_plain_rows, &avx2::gemm_plain, 128};
-    default:
-      break;
-  }
-#endif
-  (void)isa;
-  return {&scalar::prepared_row_bytes, &scalar::prepare_rows, &scalar::gemm_packed,
-          &scalar::plain_row_bytes, &scalar::prepare_plain_rows, &scalar::gemm_plain,
-          int64_t{1} << 62};
-}
-
 }  // namespace torch_quant::cpu

@@ -42,11 +42,6 @@ void pack_columns(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int64_t n0
   }
 }
 
-namespace {
-// (a marker: the column loop below packs every panel)
-void pack_panels_scalar(const int8_t*, int64_t, int64_t, int64_t, int64_t, int8_t*) {}
-}  // namespace
-
 void pack(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* out) {
   // Whole panels per task: columns of one panel share cache lines.
   const int64_t panels = (N + kPanelCols - 1) / kPanelCols, full = N / kPanelCols;
@@ -54,14 +49,9 @@ void pack(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* out) {
   // The full panels by transposes where the CPU has them (AVX-512: 6x faster
   // than the column loop at 4096 x 4096, a copy's speed), the narrower last
   // one here.
-  auto* panels_fn = &pack_panels_scalar;
-#if TORCH_QUANT_X86
-  const Isa isa = active_isa();
-  if (isa == Isa::Avx512Vnni) panels_fn = &avx512_vnni::pack_panels;
-  else if (isa >= Isa::Avx2) panels_fn = &avx2::pack_panels;
-#endif
+  const auto panels_fn = gemm_kernels(active_isa()).pack_panels;
   at::parallel_for(0, panels, grain, [&](int64_t begin, int64_t end) {
-    if (panels_fn != &pack_panels_scalar && begin < full) {
+    if (panels_fn != nullptr && begin < full) {
       panels_fn(w, ldw, K, begin, std::min(end, full), out);
       begin = std::min(end, full);
     }
