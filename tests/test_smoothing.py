@@ -355,11 +355,11 @@ def test_static_rotation_uses_the_rotated_inputs_range(gen, mode):
     q = tq.quantize_model(copy.deepcopy(m), mode, "per_tensor", calib, progress=False)
     assert q.fc1.hadamard_block == 64
     x_all = torch.cat(calib)
-    rotated = tq.reference.hadamard_rows(x_all, 64)
+    rotated = tq.hadamard.hadamard_rows(x_all, 64)
     assert q.fc1.stats["calibrated_range"] == (float(rotated.min()), float(rotated.max()))
     x = roaming_outliers(gen)
     with torch.no_grad():
-        x_q = tq.quantize(tq.reference.hadamard_rows(x, 64), q.fc1.input_scale,
+        x_q = tq.quantize(tq.hadamard.hadamard_rows(x, 64), q.fc1.input_scale,
                           q.fc1.input_zero_point, mode)
         want = tq.quantized_linear(x_q, q.fc1.input_scale, q.fc1.input_zero_point,
                                    q.fc1.plain_weight(), q.fc1.weight_scale, q.fc1.bias)

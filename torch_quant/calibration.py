@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from . import reference
+from .hadamard import hadamard_rows
 from .nn import float_weight_and_bias, largest_hadamard_block
 from .smoothing_groups import _run  # model(batch) for a tensor, tuple/list or dict batch
 
@@ -70,7 +70,7 @@ class Observer:
         self.lo = min(self.lo, float(ch_lo.min()))
         self.hi = max(self.hi, float(ch_hi.max()))
         if self.rotate:
-            r_lo, r_hi = torch.aminmax(reference.hadamard_rows(rows, self.rotate))
+            r_lo, r_hi = torch.aminmax(hadamard_rows(rows, self.rotate))
             self.rot_lo = min(self.rot_lo, float(r_lo))
             self.rot_hi = max(self.rot_hi, float(r_hi))
         # Reservoir sampling of rows, so that every row seen is about equally

@@ -13,7 +13,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import fake_kernels, reference
+from . import fake_kernels
+from .hadamard import hadamard_rows
 from .auto import check_auto, choose_mode
 from .calibration import calibrate, static_range
 from .config import QuantConfig
@@ -191,7 +192,7 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
         smooth_arg = s if group is not None and group.kind == "input" else None
         block = group.hadamard_block if group is not None else 0
         if block and rows is not None:  # statistics of what gets quantized: the rotated rows
-            rows = reference.hadamard_rows(rows, block)
+            rows = hadamard_rows(rows, block)
         stats: dict = {"float_weight_bytes": sum(
             t.numel() * t.element_size() for t in (layer.weight, layer.bias) if t is not None)}
         if group is not None:

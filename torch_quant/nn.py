@@ -18,7 +18,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
-from . import ops, reference
+from . import ops
+from .hadamard import (check_hadamard_block, hadamard_rows, largest_hadamard_block,  # noqa: F401
+                       rotated_weight)
 
 __all__ = ["QuantLinear", "ACT_MODES", "ACT_GRANULARITIES"]
 
@@ -26,32 +28,6 @@ ACT_MODES = ("symmetric", "asymmetric")
 ACT_GRANULARITIES = ("per_token", "per_tensor")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _DYNAMIC_LINEAR = torch.ops.torch_quant.dynamic_quantized_linear.default
-
-
-def check_hadamard_block(where: str, block: object, in_features: int) -> None:
-    """hadamard_block: 0, or a power of two >= 2 dividing in_features."""
-    if isinstance(block, bool) or not isinstance(block, int):
-        raise TypeError(f"{where}: hadamard_block must be an int, got {type(block).__name__}")
-    if block == 0:
-        return
-    if block < 2 or block & (block - 1) or in_features % block:
-        raise ValueError(f"{where}: hadamard_block must be 0 or a power of two >= 2 that "
-                         f"divides in_features = {in_features}, got {block}")
-
-
-def rotated_weight(w: Tensor, block: int) -> Tensor:
-    """``W H / block`` run by run along the input dim (computed in float64):
-    the weight that, fed rows rotated by ``reference.hadamard_rows``, gives
-    W's product."""
-    n, k = w.shape
-    h = reference.hadamard_matrix(block).to(w.device)
-    return ((w.double().reshape(n, k // block, block) @ h) / block).reshape(n, k).to(w.dtype)
-
-
-def largest_hadamard_block(in_features: int, cap: int = 2048) -> int:
-    """The largest power of two <= cap dividing in_features (0 when that is 1)."""
-    b = min(in_features & -in_features, cap) if in_features > 0 else 0
-    return b if b >= 2 else 0
 
 
 def check_setting(where: str, name: str, value: object, allowed) -> None:
@@ -199,7 +175,7 @@ class QuantLinear(nn.Module):
         if smooth is not None:  # as the fused op does it: x.float() * smooth, in float32
             x = x.float() * smooth
         if self.hadamard_block:  # likewise, then the rotation (in Python here)
-            x = reference.hadamard_rows(x.float(), self.hadamard_block)
+            x = hadamard_rows(x.float(), self.hadamard_block)
         x_q = ops.quantize(x, b["input_scale"], b["input_zero_point"], self.act_mode)
         return ops.quantized_linear(x_q, b["input_scale"], b["input_zero_point"], w,
                                     b["weight_scale"], b["bias"], w_sum, out_dtype=dtype)

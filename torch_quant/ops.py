@@ -154,7 +154,7 @@ def dynamic_quantized_linear(
 
     ``hadamard_block`` (0, or a power of two >= 2 dividing K): then each run
     of that many values of a (smoothed) row is multiplied by the Hadamard
-    matrix of +-1 entries before it is quantized (:func:`torch_quant.reference.hadamard_rows`
+    matrix of +-1 entries before it is quantized (:func:`torch_quant.hadamard.hadamard_rows`
     gives the exact order of operations); the weight must carry the same
     rotation divided by the block size (``QuantLinear.from_float(hadamard_block=)``).
     """

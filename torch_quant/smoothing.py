@@ -50,7 +50,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import ops, reference
+from . import ops
+from .hadamard import hadamard_rows
 from .nn import float_weight_and_bias, largest_hadamard_block, rotated_weight
 
 # The groups and the folding live in smoothing_groups.py (re-exported here).
@@ -127,7 +128,7 @@ def layer_errors(rows: Tensor, weights: Sequence[Tensor], s: Optional[Tensor], m
     rotated inputs: pass the rotated range as every channel's)."""
     x = rows if s is None else rows / s
     if hadamard_block:
-        x = reference.hadamard_rows(x, hadamard_block)
+        x = hadamard_rows(x, hadamard_block)
     lo = float((ch_lo if s is None else ch_lo / s).min())
     hi = float((ch_hi if s is None else ch_hi / s).max())
     out: Dict[str, List[float]] = {}
