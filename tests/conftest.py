@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 SUPPORTED_ISAS = list(tq._C._supported_cpu_isas())
 FLT_EPSILON = 2.0**-23

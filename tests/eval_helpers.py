@@ -9,7 +9,7 @@ import torch
 import transformers
 import tokenizers
 
-from torch_quant import eval as tq_eval
+from torch_quant.eval import cli as tq_eval
 
 TEXT = ("It is a truth universally acknowledged , that a single man in possession of a good "
         "fortune , must be in want of a wife . However little known the feelings or views of "

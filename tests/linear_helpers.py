@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import random_scale
 
@@ -71,7 +71,7 @@ def ref_dot(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
 
 
 def ref_linear(x_q, x_scale, x_zero_point, w_q, w_scale, bias=None, out_dtype=None, dot=None):
-    """The docs/semantics.md ("Operators") formula (torch_quant.reference); `dot` (from ref_dot) saves the GEMM."""
+    """The docs/semantics.md ("Operators") formula (torch_quant.ops.reference); `dot` (from ref_dot) saves the GEMM."""
     return ref.quantized_linear(x_q, x_scale, x_zero_point, w_q, w_scale, bias,
                                 out_dtype=out_dtype, dot=dot)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torch_quant as tq
-from torch_quant import calibration
+from torch_quant.conversion import calibration
 
 from conftest import MODES, assert_same
 from model_helpers import (rel_err, observer_qparams, capture_inputs, relu_mlp, quantized, no_hooks_left, GRANULARITIES)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import torch_quant as tq
-from torch_quant import reference as oracle
+from torch_quant.ops import reference as oracle
 from torch_quant.nn import QuantLinear
 
 from conftest import MODES, assert_same, torch_per_channel

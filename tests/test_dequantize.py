@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import assert_same, random_scale, random_zero_point
 

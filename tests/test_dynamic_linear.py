@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import MODES, assert_same, random_scale, using_isa
 from linear_helpers import (FLOATS, codes, composite, ops, ref_linear, sym_weight, w_params,

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import torch_quant as tq
-from torch_quant import eval as tq_eval
-from torch_quant.corpus import _unserialize, austen_data_dir, austen_text
+from torch_quant.eval import cli as tq_eval
+from torch_quant.eval import modes as eval_modes
+from torch_quant.eval.corpus import _unserialize, austen_data_dir, austen_text
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -171,17 +172,17 @@ def test_calibration_never_uses_evaluated_tokens(tiny, tmp_path, capsys):
     assert tq_eval.main(args) == 0
     # calibration batches are the tokens right after the evaluated ones
     seen = []
-    real = tq_eval.quantize_
+    real = eval_modes.quantize_
 
     def spy(m, config, calibration_data, **kw):
         seen.extend(torch.cat([b.flatten() for b in calibration_data]).tolist())
         return real(m, config, calibration_data, **kw)
     try:
-        tq_eval.quantize_ = spy
+        eval_modes.quantize_ = spy
         args, out = cli_args(tiny, tmp_path, "--modes", "w8a8-asymmetric")
         assert tq_eval.main(args) == 0
     finally:
-        tq_eval.quantize_ = real
+        eval_modes.quantize_ = real
     assert seen == ids_of(*tiny)[160:208].tolist()
 
 

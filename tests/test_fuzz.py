@@ -35,7 +35,7 @@ from torch import nn
 import torch_quant as tq
 
 pytestmark = pytest.mark.slow  # (make test-fast leaves it out)
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import SUPPORTED_ISAS, assert_same, assert_untouched, snapshot
 

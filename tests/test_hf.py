@@ -123,8 +123,8 @@ def test_a_model_quantized_by_quantize_saves_with_mark_quantized(tmp_path):
     model.save_pretrained(tmp_path)
     again = load(tmp_path)
     assert kinds(again) == kinds(model)
-    settings = {n: tq.serialization._settings(m) for n, m in tq.nn.quantized_layers(again)}
-    assert settings == {n: tq.serialization._settings(m)
+    settings = {n: tq.formats.serialization._settings(m) for n, m in tq.nn.quantized_layers(again)}
+    assert settings == {n: tq.formats.serialization._settings(m)
                         for n, m in tq.nn.quantized_layers(model)}
     assert torch.equal(logits(again), want)
     # the same tensors as tq.save writes

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import MODES, SUPPORTED_ISAS, assert_same, num_threads, random_scale, using_isa
 from linear_helpers import (FLOATS, INT32_MAX, INT32_MIN, MAX_K, codes, composite, problem,

@@ -1,7 +1,7 @@
 """Numerics of the torch_quant operators (docs/semantics.md, "Modes and rounding" and "Operators").
 
 Oracles: ``torch.quantize_per_tensor`` / ``quantize_per_channel`` (see the note
-on double rounding below), ``torch_quant.reference`` and the formulas of docs/semantics.md
+on double rounding below), ``torch_quant.ops.reference`` and the formulas of docs/semantics.md
 written out here in numpy float32. Most tests run once per CPU kernel path
 (the ``isa`` fixture).
 
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import (
     F32,

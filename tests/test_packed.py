@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import MODES, assert_same, num_threads
 
@@ -182,7 +182,7 @@ def test_isa_switch_from_another_thread_never_crashes():
     """The linear ops read the active ISA once per call (gemm.h)."""
     code = textwrap.dedent("""
         import threading, torch, torch_quant as tq
-        from torch_quant import reference
+        from torch_quant.ops import reference
         isas = tq._C._supported_cpu_isas()
         x, w = torch.randn(8, 512), torch.randint(-127, 128, (256, 512), dtype=torch.int8)
         ws, stop = torch.rand(256) + 0.01, threading.Event()

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from torch_quant import eval as tq_eval
-from torch_quant import peers
+from torch_quant.eval import cli as tq_eval
+from torch_quant.eval import modes as eval_modes
+from torch_quant.eval import peers
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -99,7 +100,7 @@ def test_missing_peer_is_a_note(tiny, tmp_path, capsys, monkeypatch):
             return f"{mode}: torchao is not installed (pretend)"
         return real(mode)
 
-    monkeypatch.setattr(tq_eval, "peer_unavailable", fake)
+    monkeypatch.setattr(eval_modes, "peer_unavailable", fake)
     args, out = cli_args(tiny, tmp_path, "--modes", "fp32,peer-torchao-int8")
     assert tq_eval.main(args) == 0
     printed = capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Property tests (hypothesis) of the quantization ops: for any float32 values,
 every mode and bits 2..8, on every CPU kernel path: the codes stay in range,
 the round trip is within half a step, and choose_qparams / quantize /
-dequantize / quantize_per_token equal torch_quant.reference bit for bit
+dequantize / quantize_per_token equal torch_quant.ops.reference bit for bit
 (docs/semantics.md, "Modes and rounding")."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import MODES, SUPPORTED_ISAS, assert_same, qrange, using_isa
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import MODES, SUPPORTED_ISAS, assert_same, using_isa
 
@@ -26,7 +26,7 @@ def test_switching_the_cpu_path_from_another_thread_is_safe():
     fails the test instead of the test run. Every result stays exact."""
     script = textwrap.dedent(f"""
         import threading, time, torch, torch_quant as tq
-        from torch_quant import reference as ref
+        from torch_quant.ops import reference as ref
         isas = {SUPPORTED_ISAS!r}
         stop = threading.Event()
         def switch():

@@ -14,7 +14,7 @@ import torch
 from torch.ao.quantization.observer import MinMaxObserver
 
 import torch_quant as tq
-from torch_quant import reference as ref
+from torch_quant.ops import reference as ref
 
 from conftest import assert_same
 

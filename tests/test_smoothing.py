@@ -1,4 +1,4 @@
-"""Activation smoothing (torch_quant.smoothing, ``quantize_model(smoothing=)``,
+"""Activation smoothing (torch_quant.conversion.smoothing, ``quantize_model(smoothing=)``,
 ``tq.smooth_model``): which folds are found from a model's behaviour, that
 folding leaves the float model's outputs unchanged (up to float rounding),
 that a fold which would change them is refused, and that smoothing makes the
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torch_quant as tq
-from torch_quant import smoothing
+from torch_quant.conversion import smoothing
 from torch_quant.nn import QuantLinear
 
 from conftest import assert_same
@@ -388,7 +388,7 @@ def test_global_undo_keeps_a_groups_rotation(gen, monkeypatch):
     and each multi-layer group is split into one quantize-step group per
     layer: a rotation chosen for the group (a and b, after the norm) must
     survive on each of its layers, and the model must be as it was."""
-    from torch_quant import smoothing_groups
+    from torch_quant.conversion import smoothing_groups
     m = make(nn.LayerNorm(24), nn.ReLU())
     ref = copy.deepcopy(m)
     layers = {n: m.get_submodule(n) for n in ("a", "b", "c")}

@@ -10,10 +10,10 @@ from . import _C  # noqa: F401  (registers the ops)
 from . import ops
 from .ops import *  # noqa: F401,F403  (the wrappers listed in ops.__all__)
 from .nn import QuantLinear
-from .config import QuantConfig
-from .convert import quantize_, quantize_model, smooth_model
-from .report import LayerReport, format_report, quantization_report
-from .serialization import load, save
+from .conversion.config import QuantConfig
+from .conversion.convert import quantize_, quantize_model, smooth_model
+from .conversion.report import LayerReport, format_report, quantization_report
+from .formats.serialization import load, save
 
 
 __all__ = [*ops.__all__, "ops", "QuantLinear", "QuantConfig", "quantize_", "quantize_model",

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import List, Optional, Sequence, Tuple, Union
 
-from .nn import ACT_GRANULARITIES, ACT_MODES
+from ..nn import ACT_GRANULARITIES, ACT_MODES
 from .smoothing import SEARCH_ALPHAS, STATIC_MAX_ALPHA
 
 __all__ = ["QuantConfig"]

@@ -50,9 +50,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import ops
-from .hadamard import hadamard_rows
-from .nn import float_weight_and_bias, largest_hadamard_block, rotated_weight
+from .. import ops
+from ..hadamard import hadamard_rows
+from ..nn import float_weight_and_bias, largest_hadamard_block, rotated_weight
 
 # The groups and the folding live in smoothing_groups.py (re-exported here).
 from .smoothing_groups import SmoothGroup, find_groups, fold, probe_batch  # noqa: F401

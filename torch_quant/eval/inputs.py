@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .eval_windows import EvalError, _window_input
+from .windows import EvalError, _window_input
 
 
 # Named models that `make eval-data` installs (nothing is downloaded at run

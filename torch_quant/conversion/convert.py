@@ -13,12 +13,12 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import fake_kernels
-from .hadamard import hadamard_rows
+from ..ops import fake_kernels
+from ..hadamard import hadamard_rows
 from .auto import check_auto, choose_mode
 from .calibration import calibrate, static_range
 from .config import QuantConfig
-from .nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d, quantized_layers,
+from ..nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d, quantized_layers,
                  rotated_weight, set_module, watch_loads)
 from .smoothing import (SmoothGroup, choose_alpha, choose_rotation, find_groups, fold,
                         probe_batch, smoothing_factors)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 
-from .eval_windows import EvalError
+from .windows import EvalError
 
 
 

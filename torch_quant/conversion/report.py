@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from torch import nn
 
-from .nn import quantized_layers
+from ..nn import quantized_layers
 
 __all__ = ["LayerReport", "quantization_report", "format_report"]
 

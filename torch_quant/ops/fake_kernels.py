@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _C
+from .. import _C
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 MAX_LINEAR_K = _C.MAX_LINEAR_K  # 65793: the largest K whose int32 accumulator is exact

@@ -9,9 +9,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from .. import ops
 from .calibration import Observer
-from .nn import QuantLinear, float_weight_and_bias
+from ..nn import QuantLinear, float_weight_and_bias
 
 __all__ = ["static_qparams", "fake_quantize", "sqnr_db", "range_utilization",
            "act_range_utilization", "output_mse"]

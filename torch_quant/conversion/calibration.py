@@ -13,8 +13,8 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from .hadamard import hadamard_rows
-from .nn import float_weight_and_bias, largest_hadamard_block
+from ..hadamard import hadamard_rows
+from ..nn import float_weight_and_bias, largest_hadamard_block
 from .smoothing_groups import _run  # model(batch) for a tensor, tuple/list or dict batch
 
 __all__ = ["SAMPLE_ROWS", "Observer", "calibrate", "static_range"]

@@ -16,7 +16,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
-from .nn import ACT_MODES, QuantLinear, set_module
+from ..nn import ACT_MODES, QuantLinear, set_module
 from .smoothing_groups import _flat_outputs, _run
 
 __all__ = ["choose_mode", "check_auto"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .hadamard import hadamard_matrix, hadamard_rows  # noqa: F401  (the oracle's too: one definition)
+from ..hadamard import hadamard_matrix, hadamard_rows  # noqa: F401  (the oracle's too: one definition)
 
 FLT_EPSILON = 2.0**-23
 

@@ -78,7 +78,7 @@ def _linears(model: nn.Module, skip: Sequence[str]) -> Callable[[str], bool]:
     but those ``skip`` names or globs, matched as ours matches them (a name or
     any module containing it). The peers take nn.Linear only (not GPT-2's
     Conv1D, which ours converts too)."""
-    from .convert import _matches
+    from ..conversion.convert import _matches
     names = {n for n, m in model.named_modules() if type(m) is nn.Linear}
     return lambda n: n in names and not any(_matches(n, p) for p in skip)
 

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_hadamard_block,
+from ..nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_hadamard_block,
                  float_weight_and_bias, is_conv1d, quantized_layers, set_module,
                  watch_loads)
 
@@ -45,7 +45,7 @@ def save(model: nn.Module, path: PathLike) -> None:
     written once. The file is written whole or not at all."""
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .. import __version__
 
     layers = {name: _settings(q) for name, q in quantized_layers(model)}
     if not layers:
