@@ -1,7 +1,8 @@
 """Converting a model: ``quantize_`` swaps its ``nn.Linear`` layers for
 ``QuantLinear`` ones, as a ``QuantConfig`` says (docs/conversion.md).
 
-Modules, each importing only those before it: ``smoothing_groups`` (which layers
+Modules, each importing only those before it: ``running`` (a model on a
+calibration batch, its outputs compared), ``smoothing_groups`` (which layers
 share an input, folding), ``calibration`` (observers), ``statistics``
 (qparams, fake quantization, error measures), ``smoothing`` (factors, the
 alpha and rotation search), ``auto`` (the per-layer mode policy), ``config``,

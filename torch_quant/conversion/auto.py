@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ACT_MODES, QuantLinear, set_module
-from .smoothing_groups import _flat_outputs, _run
+from .running import flat_outputs, run_model
 
 __all__ = ["choose_mode", "check_auto"]
 
@@ -31,7 +31,7 @@ def choose_mode(errors: Dict[str, float]) -> str:
 def _model_error(model: nn.Module, batch, reference_out: List[Tensor]) -> float:
     """Squared error of the model's outputs on ``batch`` over the reference's power."""
     with torch.no_grad():
-        out = _flat_outputs(_run(model, batch))
+        out = flat_outputs(run_model(model, batch))
     err = sum(float((o.double() - r.double()).pow(2).sum()) for o, r in zip(out, reference_out))
     power = sum(float(r.double().pow(2).sum()) for r in reference_out)
     return err / power if power > 0 else err

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..hadamard import hadamard_rows
 from ..nn import float_weight_and_bias, largest_hadamard_block
-from .smoothing_groups import _run  # model(batch) for a tensor, tuple/list or dict batch
+from .running import run_model
 
 __all__ = ["SAMPLE_ROWS", "Observer", "calibrate", "static_range"]
 
@@ -124,7 +124,7 @@ def calibrate(model: nn.Module, layers: Dict[str, nn.Module], data: Iterable,
             for batch in _progress(data, progress):
                 if first is not None and not first:
                     first.append(batch)
-                _run(model, batch)
+                run_model(model, batch)
     finally:
         for h in handles:
             h.remove()

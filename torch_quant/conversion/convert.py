@@ -22,7 +22,7 @@ from ..nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d, quan
                  rotated_weight, set_module, watch_loads)
 from .smoothing import (SmoothGroup, choose_alpha, choose_rotation, find_groups, fold,
                         probe_batch, smoothing_factors)
-from .smoothing_groups import _flat_outputs, _run  # model(batch) for any batch form
+from .running import flat_outputs, run_model
 from .statistics import (act_range_utilization, fake_quantize, output_mse, sqnr_db,
                          static_qparams)
 
@@ -174,7 +174,7 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
     reference_out = None
     if check_batch is not None:
         with torch.no_grad():
-            reference_out = _flat_outputs(_run(model, check_batch))
+            reference_out = flat_outputs(run_model(model, check_batch))
 
     converted: Dict[int, QuantLinear] = {}
     alternatives: Dict[int, Dict[str, QuantLinear]] = {}  # auto: both modes per layer

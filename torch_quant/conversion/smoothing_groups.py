@@ -3,8 +3,7 @@ from names (docs/conversion.md, "Quantize a model"): the groups of linear
 layers that share an input and the norm or previous linear layer that
 produces it (``find_groups``, by probing the model on a calibration batch),
 and ``fold``, which moves the factors there and checks on the batch that the
-model's outputs did not change. ``_run`` calls a model on a batch of any of
-the forms calibration takes."""
+model's outputs did not change."""
 
 from __future__ import annotations
 
@@ -14,6 +13,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from .running import flat_outputs, outputs_close, run_model
 
 __all__ = ["PROBE_ROWS", "SmoothGroup", "find_groups", "fold", "probe_batch"]
 
@@ -49,14 +50,6 @@ class SmoothGroup:
 
 class _Stop(Exception):
     """Ends a probing forward pass once nothing more can be learnt from it."""
-
-
-def _run(model: nn.Module, batch) -> object:
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def probe_batch(batch, tokens: int = PROBE_ROWS):
@@ -162,7 +155,7 @@ def find_groups(model: nn.Module, layers: Dict[str, nn.Module], batch) -> List[S
         for name, m in layers.items():
             handles.append(m.register_forward_pre_hook(linear_hook(name)))
         with torch.no_grad():
-            _run(model, batch)
+            run_model(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -203,7 +196,7 @@ def find_groups(model: nn.Module, layers: Dict[str, nn.Module], batch) -> List[S
                 if saved_b is not None:
                     mod.bias.mul_(r.to(mod.bias.dtype))
                 try:
-                    _run(model, batch)
+                    run_model(model, batch)
                 except _Stop:
                     pass
         finally:
@@ -321,32 +314,11 @@ def _inputs_and_output(model: nn.Module, names: Sequence[str], batch):
         handles.append(model.get_submodule(n).register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            out = _flat_outputs(_run(model, batch))
+            out = flat_outputs(run_model(model, batch))
     finally:
         for h in handles:
             h.remove()
     return got, out
-
-
-def _flat_outputs(out) -> List[Tensor]:
-    if isinstance(out, Tensor):
-        return [out.detach().float()]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _flat_outputs(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _flat_outputs(v)]
-    return []
-
-
-def _close(a: List[Tensor], b: List[Tensor], rtol: float = 1e-3) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if x.shape != y.shape:
-            return False
-        if x.numel() and (x - y).abs().max() > rtol * y.abs().max().clamp_min(1e-30):
-            return False
-    return True
 
 
 def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup]:
@@ -381,7 +353,7 @@ def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup
     for g in groups:
         if g.kind == "input" or g.factors is None:
             continue
-        if not all(_close([after_in[n] * g.factors], [seen[n]]) for n in g.members):
+        if not all(outputs_close([after_in[n] * g.factors], [seen[n]]) for n in g.members):
             for u in reversed(g.undo):
                 u()
             g.undo.clear()
@@ -389,7 +361,7 @@ def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup
             undone = True
     if undone:  # the output is checked with what remains folded
         after = _inputs_and_output(model, [], batch)[1]
-    if not _close(after, before):
+    if not outputs_close(after, before):
         for g in groups:
             for u in reversed(g.undo):
                 u()

@@ -1,8 +1,6 @@
-"""The CUDA kernels (csrc/cuda): registered whenever the build had CUDA, and on
-a GPU equal to the CPU kernels (bit-exact codes, dequantized values and linear
-outputs, which both compute with the same float32 formulas of quant_math.h).
-The GPU tests skip cleanly where there is no GPU: the development and CI
-machines have none, so they have only ever been compiled there."""
+"""The CUDA kernels (csrc/cuda): registered whenever the build had CUDA, and on a
+GPU equal to the CPU kernels (bit-exact codes, dequantized values and linear outputs:
+both use quant_math.h's float32 formulas). Without a GPU (CI) the GPU tests skip."""
 
 from __future__ import annotations
 
@@ -371,7 +369,7 @@ def test_bad_values_stop_the_kernel_with_a_message(case):
     arg = re.search(r": (\w+) must", str(on_cpu.value)).group(1)
     script = textwrap.dedent(f"""
         import sys, torch, torch_quant as tq
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        sys.path[:0] = [{os.path.dirname(__file__)!r}, {os.path.dirname(os.path.dirname(__file__))!r}]
         import test_cuda
         case = test_cuda.BAD_VALUE_CASES[{BAD_VALUE_CASES.index(case)}]
         try:

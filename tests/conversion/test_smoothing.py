@@ -399,7 +399,7 @@ def test_global_undo_keeps_a_groups_rotation(gen, monkeypatch):
     other = next(g for g in groups if g.members == ["c"])
     other.alpha, other.factors = 0.5, torch.rand(40, generator=gen) + 0.5  # folded, then undone
     # the model's output "changed": the global undo path
-    monkeypatch.setattr(smoothing_groups, "_close", lambda a, b, rtol=1e-3: False)
+    monkeypatch.setattr(smoothing_groups, "outputs_close", lambda a, b, rtol=1e-3: False)
     out = smoothing_groups.fold(m, groups, x)
     by_layer = {n: g for g in out for n in g.members}
     assert sorted(by_layer) == ["a", "b", "c"]

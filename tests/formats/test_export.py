@@ -19,7 +19,7 @@ from torch.utils.cpp_extension import CUDA_HOME
 
 import torch_quant as tq
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, "build", "examples-cpp")
 
 
