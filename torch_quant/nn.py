@@ -124,9 +124,8 @@ class QuantLinear(nn.Module):
                                                        and (smooth > 0).all()):
                 raise ValueError(f"QuantLinear.from_float: smooth must hold {in_features} "
                                  f"finite factors > 0, got shape {tuple(smooth.shape)}")
-            weight = weight.detach().float() * smooth
-        if hadamard_block:
-            weight = rotated_weight(weight.detach().float(), hadamard_block)
+        if smooth is not None or hadamard_block:
+            weight = transformed_weight(weight, smooth, hadamard_block)
         q = cls(in_features, out_features, bias is not None, act_mode, act_granularity,
                 device=weight.device, smooth=smooth is not None, hadamard_block=hadamard_block)
         if act_granularity == "per_tensor" and (input_scale is None or input_zero_point is None):
@@ -325,6 +324,21 @@ def float_weight_and_bias(module: nn.Module):
         return module.weight.t(), module.bias
     raise TypeError(f"QuantLinear.from_float: expected nn.Linear or a Hugging Face Conv1D, "
                     f"got {type(module).__name__}")
+
+
+def transformed_weight(w: Tensor, smooth: Optional[Tensor] = None,
+                       hadamard_block: int = 0) -> Tensor:
+    """The float32 weight a layer quantizes: ``w * smooth`` (each input
+    channel times the factor its input is divided by) when smoothed, then
+    rotated run by run (``rotated_weight``) when ``hadamard_block`` > 0. One
+    definition for the layer, the conversion's statistics and the smoothing
+    search."""
+    w = w.detach().float()
+    if smooth is not None:
+        w = w * smooth
+    if hadamard_block:
+        w = rotated_weight(w, hadamard_block)
+    return w
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -8,7 +8,7 @@ the report's statistics come from these."""
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -108,22 +108,32 @@ def _progress(data, enabled: bool):
     return tqdm(data, total=total, desc="tq calibration", unit="batch")
 
 
+class Calibration(NamedTuple):
+    """What calibration returns: each layer's observer, and the first batch
+    (kept because the data may be one-shot: smoothing probes the model on it
+    and the auto policy checks its choices on it; None when there was none)."""
+
+    observers: Dict[str, Observer]
+    first_batch: object
+
+
 def calibrate(model: nn.Module, layers: Dict[str, nn.Module], data: Iterable,
-              progress: bool = True, seed: int = 0, first: Optional[list] = None,
-              rotated_ranges: bool = False) -> Dict[str, Observer]:
-    """Runs ``model`` over ``data`` and returns each layer's observer; the
-    first batch is appended to ``first`` when given (data may be one-shot).
-    ``rotated_ranges``: observers also record the range of Hadamard-rotated
-    inputs (block: largest_hadamard_block of the layer's input width)."""
+              progress: bool = True, seed: int = 0,
+              rotated_ranges: bool = False) -> Calibration:
+    """Runs ``model`` over ``data``: each layer's observer, and the first
+    batch. ``rotated_ranges``: observers also record the range of
+    Hadamard-rotated inputs (block: largest_hadamard_block of the layer's
+    input width)."""
     gen = torch.Generator().manual_seed(seed)
     observers = {name: Observer(name, gen, largest_hadamard_block(_in_features(m))
                                  if rotated_ranges else 0) for name, m in layers.items()}
     handles = [m.register_forward_pre_hook(observers[name]) for name, m in layers.items()]
+    first = None
     try:
         with torch.no_grad():
             for batch in _progress(data, progress):
-                if first is not None and not first:
-                    first.append(batch)
+                if first is None:
+                    first = batch
                 run_model(model, batch)
     finally:
         for h in handles:
@@ -133,7 +143,7 @@ def calibrate(model: nn.Module, layers: Dict[str, nn.Module], data: Iterable,
         raise ValueError(f"tq.quantize_: the calibration data never reached "
                          f"{len(missing)} layer(s): {', '.join(missing[:5])}"
                          f"{', ...' if len(missing) > 5 else ''}")
-    return observers
+    return Calibration(observers, first)
 
 
 def static_range(lo: float, hi: float, rows: Tensor, percentile: Optional[float]):

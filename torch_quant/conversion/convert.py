@@ -19,7 +19,7 @@ from .auto import check_auto, choose_mode
 from .calibration import calibrate, static_range
 from .config import QuantConfig
 from ..nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d, quantized_layers,
-                 rotated_weight, set_module, watch_loads)
+                 set_module, transformed_weight, watch_loads)
 from .smoothing import (SmoothGroup, choose_alpha, choose_rotation, find_groups, fold,
                         probe_batch, smoothing_factors)
 from .running import flat_outputs, run_model
@@ -138,23 +138,19 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
     for name, layer in unique.items():
         check_convertible(where, name, layer)
     _warn_tied(model, unique)
-    first: list = []
-    observers = (calibrate(model, unique, calibration_data, progress, first=first,
-                           rotated_ranges=alphas is not None and len(alphas) > 1
-                           and act_granularity == "per_tensor")
-                 if calibration_data is not None else {})
+    observers, first_batch = (calibrate(model, unique, calibration_data, progress,
+                                        rotated_ranges=alphas is not None and len(alphas) > 1
+                                        and act_granularity == "per_tensor")
+                              if calibration_data is not None else ({}, None))
     modes = ACT_MODES if act_mode == "auto" else (act_mode,)
     # Smoothing: the groups (and for folded ones, the model's float weights)
     # are settled before any layer is quantized.
     group_of: Dict[str, SmoothGroup] = {}
-    if alphas is not None and first:
-        batch = probe_batch(first[0])
+    if alphas is not None and first_batch is not None:
+        batch = probe_batch(first_batch)
         groups = find_groups(model, unique, batch)
         for g in groups:
-            obs = observers[g.members[0]]
-            weights = [float_weight_and_bias(unique[n])[0].detach().float() for n in g.members]
-            n_src = (model.get_submodule(g.source).out_features
-                     if g.channel_map is not None else 0)
+            obs, weights, n_src = _group_inputs(model, unique, observers, g)
             g.alpha, errs = choose_alpha(obs.rows, obs.absmax(), obs.ch_lo, obs.ch_hi, weights,
                                          modes, act_granularity, alphas, g.channel_map, n_src)
             if len(alphas) > 1:  # searched: a rotation is one more candidate
@@ -169,8 +165,8 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
         group_of = {n: g for g in groups for n in g.members}
     # auto: the model's output on the first calibration batch, before any
     # layer is replaced, to check the per-layer choices against (below).
-    check_batch = first[0] if act_mode == "auto" and first else None
-    first.clear()
+    check_batch = first_batch if act_mode == "auto" else None
+    del first_batch  # (not held longer than needed: it may be large)
     reference_out = None
     if check_batch is not None:
         with torch.no_grad():
@@ -215,11 +211,7 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
             err = {m: output_mse(layer, candidates[m][0], rows_in) for m in ACT_MODES}
             stats["auto_output_mse"] = err
             mode = choose_mode(err)
-        w = float_weight_and_bias(layer)[0].detach().float()
-        if smooth_arg is not None:
-            w = w * smooth_arg
-        if block:
-            w = rotated_weight(w, block)
+        w = transformed_weight(float_weight_and_bias(layer)[0], smooth_arg, block)
         for m, (q, scale, zp) in candidates.items():
             q.stats = dict(stats, weight_sqnr_db=sqnr_db(w, q.dequantized_weight()))
             if rows is not None:
@@ -271,16 +263,13 @@ def smooth_model(model: nn.Module, calibration_data: Iterable, alpha: float = 0.
     layers = _targets(model, skip)
     unique = _unique(layers)
     first_name = {id(m): n for n, m in unique.items()}
-    first: list = []
-    observers = calibrate(model, unique, calibration_data, progress, first=first)
-    batch = probe_batch(first[0])
+    observers, first_batch = calibrate(model, unique, calibration_data, progress)
+    batch = probe_batch(first_batch)
     groups = find_groups(model, unique, batch)
     for g in groups:
         if g.kind == "input":
             continue
-        obs = observers[g.members[0]]
-        weights = [float_weight_and_bias(unique[n])[0].detach().float() for n in g.members]
-        n_src = model.get_submodule(g.source).out_features if g.channel_map is not None else 0
+        obs, weights, n_src = _group_inputs(model, unique, observers, g)
         g.alpha = float(alpha)
         g.factors = smoothing_factors(obs.absmax(), weights, g.alpha, g.channel_map, n_src)
     groups = fold(model, groups, batch)
@@ -292,6 +281,16 @@ def smooth_model(model: nn.Module, calibration_data: Iterable, alpha: float = 0.
         for n in g.members:
             out[n] = info
     return {n: out[first_name[id(layers[n])]] for n in layers}
+
+
+def _group_inputs(model: nn.Module, unique: Dict[str, nn.Module], observers, g: SmoothGroup):
+    """What a group's factors are chosen from: its calibration observer (its
+    first member's: they share the input), its members' float weights, and
+    the width of its source's output (0 without a channel map)."""
+    obs = observers[g.members[0]]
+    weights = [float_weight_and_bias(unique[n])[0].detach().float() for n in g.members]
+    n_src = model.get_submodule(g.source).out_features if g.channel_map is not None else 0
+    return obs, weights, n_src
 
 
 def _warn_tied(model: nn.Module, layers: Dict[str, nn.Module]) -> None:

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..hadamard import hadamard_rows
-from ..nn import float_weight_and_bias, largest_hadamard_block, rotated_weight
+from ..nn import float_weight_and_bias, largest_hadamard_block, transformed_weight
 
 # The groups and the folding live in smoothing_groups.py (re-exported here).
 from .smoothing_groups import SmoothGroup, find_groups, fold, probe_batch  # noqa: F401
@@ -136,10 +136,7 @@ def layer_errors(rows: Tensor, weights: Sequence[Tensor], s: Optional[Tensor], m
     for w in weights:
         ref = rows @ w.t()
         power = float(ref.double().pow(2).mean()) or 1.0
-        w_s = w if s is None else w * s
-        if hadamard_block:
-            w_s = rotated_weight(w_s, hadamard_block)
-        w_q = _fake_quant_weight(w_s)
+        w_q = _fake_quant_weight(transformed_weight(w, s, hadamard_block))
         for m in modes:
             err = float((x_q[m] @ w_q.t() - ref).double().pow(2).mean()) / power
             out.setdefault(m, []).append(err)

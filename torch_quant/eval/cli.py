@@ -45,6 +45,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .digits import run_digits
 from .inputs import (DEFAULT_MODEL, MODELS, bos_token, calibration_batches, load_model,
                      load_texts)
 from .modes import (ALL_MODES, DEFAULT_MODES, MODES, available_modes, how_made,
@@ -138,7 +139,6 @@ def run(args: argparse.Namespace, log=print) -> dict:
     if not args.modes:
         raise EvalError("--modes: none of the modes can run here (see the notes above)")
     if args.model == "relu-digits":
-        from .digits import run_digits
         return finish(args, run_digits(args, log), log)
     show = not args.no_progress and rank == 0 and sys.stderr.isatty()
     text, calib_text, corpus_desc = load_texts(args)  # first: it fails faster

@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..conversion.report import quantization_report
+from .modes import how_made, quantized_copies
+from .report import Result
+from .windows import EvalError, weight_bytes
 
 __all__ = ["digits_data", "train_digits_mlp", "run_digits"]
 
@@ -34,7 +37,6 @@ def digits_data(seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        from .windows import EvalError
         raise EvalError("--model relu-digits needs scikit-learn: pip install scikit-learn "
                         "(or the eval extras: pip install -e '.[eval]')") from None
     d = load_digits()
@@ -64,10 +66,6 @@ def train_digits_mlp(x: torch.Tensor, y: torch.Tensor, seed: int = 0, steps: int
 
 
 def run_digits(args, log) -> dict:
-    from .modes import how_made, quantized_copies
-    from .report import Result
-    from .windows import weight_bytes
-
     x_tr, y_tr, x_te, y_te = digits_data()
     t0 = time.perf_counter()
     model = train_digits_mlp(x_tr, y_tr)
