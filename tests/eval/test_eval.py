@@ -360,3 +360,15 @@ def test_real_austen_text():
     assert text.startswith("PRIDE AND PREJUDICE")
     assert "It is a truth universally acknowledged" in text
     assert 600_000 < len(text) < 800_000
+
+
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan", "soft"])
+def test_smoothing_argument_is_checked_when_parsed(value, capsys):
+    """--smoothing: auto, off or an alpha in [0, 1]; anything else is a usage
+    error naming the flag (argparse's exit status 2), before any model loads."""
+    with pytest.raises(SystemExit) as e:
+        tq_eval.main(["--model", "relu-digits", "--smoothing", value])
+    assert e.value.code == 2
+    assert "--smoothing: must be auto, off or an alpha in [0, 1]" in capsys.readouterr().err
+    assert tq_eval._parse(["--smoothing", "0.5"]).smoothing == 0.5
+    assert tq_eval._parse(["--smoothing", "off"]).smoothing == "off"

@@ -41,7 +41,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -58,6 +58,19 @@ __all__ = ["MODES", "MODELS", "windows", "perplexity", "evaluate", "main"]
 
 # ---------------------------------------------------------------------------
 # command line
+
+
+def _smoothing(text: str) -> Union[str, float]:
+    """--smoothing's value as QuantConfig takes it: "auto", "off" or an alpha."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = math.nan
+    if not 0.0 <= alpha <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be auto, off or an alpha in [0, 1], got {text!r}")
+    return alpha
 
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -87,7 +100,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--skip", default=None,
                    help="comma-separated module names or globs left in float (default: lm_head "
                         "for language models, none for relu-digits; '' for none)")
-    p.add_argument("--smoothing", default="auto",
+    p.add_argument("--smoothing", default="auto", type=_smoothing,
                    help="activation smoothing: auto (searched per layer group), off, or an "
                         "alpha in [0, 1] (default auto)")
     p.add_argument("--calibration-tokens", type=int, default=2048,
@@ -118,13 +131,6 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         raise EvalError(f"--calibration-tokens must be at least 2, got {args.calibration_tokens}")
     if args.threads is not None and args.threads < 1:
         raise EvalError(f"--threads must be >= 1, got {args.threads}")
-    if args.smoothing not in ("auto", "off"):
-        try:
-            args.smoothing = float(args.smoothing)
-        except ValueError:
-            args.smoothing = -1.0
-        if not 0.0 <= args.smoothing <= 1.0:
-            raise EvalError("--smoothing must be auto, off or an alpha in [0, 1]")
     if args.skip is None:
         args.skip = "" if args.model == "relu-digits" else "lm_head"
     args.skip = [s.strip() for s in args.skip.split(",") if s.strip()]
