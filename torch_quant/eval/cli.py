@@ -51,7 +51,7 @@ from .inputs import (DEFAULT_MODEL, MODELS, bos_token, calibration_batches, load
 from .modes import (ALL_MODES, DEFAULT_MODES, MODES, available_modes, how_made,
                     quantized_copies)
 from .peers import PEERS
-from .report import Result, format_table, plot, smoothing_summary
+from .report import Result, Run, format_table, plot, smoothing_summary
 from .windows import EvalError, _dist, evaluate, perplexity, weight_bytes, windows
 
 __all__ = ["MODES", "MODELS", "windows", "perplexity", "evaluate", "main"]
@@ -186,19 +186,17 @@ def run(args: argparse.Namespace, log=print) -> dict:
             kl_divergence=s.kl / s.count if quant else None,
             top1_agreement=s.agree / s.count if quant else None,
             **how_made(mode, m, qsecs, args)))
-    out = {"model": model_desc, "corpus": corpus_desc, "tokens": int(ids.numel()),
-           "bos": bos is not None, "seq_len": args.seq_len, "stride": args.stride,
-           "windows": len(wins), "calibration_tokens": int(sum(b.numel() for b in batches)),
-           "world_size": world, "threads": torch.get_num_threads(), "compiled": args.compile,
-           "results": [r.to_json() for r in results]}
-    out["_results"] = results
-    out["_title"] = f"{model_desc}\n{corpus_desc}, {ids.numel()} tokens"
-    return finish(args, out, log)
+    facts = {"model": model_desc, "corpus": corpus_desc, "tokens": int(ids.numel()),
+             "bos": bos is not None, "seq_len": args.seq_len, "stride": args.stride,
+             "windows": len(wins), "calibration_tokens": int(sum(b.numel() for b in batches)),
+             "world_size": world, "threads": torch.get_num_threads(), "compiled": args.compile}
+    return finish(args, Run(facts, results, f"{model_desc}\n{corpus_desc}, {ids.numel()} tokens"),
+                  log)
 
 
-def finish(args, out: dict, log) -> dict:
-    results = out.pop("_results")
-    title = out.pop("_title")
+def finish(args, run_: Run, log) -> dict:
+    """Prints the table (rank 0), writes the JSON and the plot; the JSON's content."""
+    results, out = run_.results, run_.to_json()
     if _dist()[0] == 0:
         log("")
         log(format_table(results))
@@ -208,7 +206,7 @@ def finish(args, out: dict, log) -> dict:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2))
         if args.plot:
-            plot(results, args.plot, title)
+            plot(results, args.plot, run_.title)
     return out
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..conversion.report import quantization_report
 from .modes import how_made, quantized_copies
-from .report import Result
+from .report import Result, Run
 from .windows import EvalError, weight_bytes
 
 __all__ = ["digits_data", "train_digits_mlp", "run_digits"]
@@ -65,7 +65,7 @@ def train_digits_mlp(x: torch.Tensor, y: torch.Tensor, seed: int = 0, steps: int
     return model.eval()
 
 
-def run_digits(args, log) -> dict:
+def run_digits(args, log) -> Run:
     x_tr, y_tr, x_te, y_te = digits_data()
     t0 = time.perf_counter()
     model = train_digits_mlp(x_tr, y_tr)
@@ -96,9 +96,7 @@ def run_digits(args, log) -> dict:
             picks = ", ".join(f"{r.name}: {r.act_mode}"
                               for r in quantization_report(getattr(m, "_orig_mod", m)))
             log(f"  {mode} picked {picks}")
-    out = {"model": "relu-digits", "corpus": "scikit-learn digits (test split)",
-           "test_rows": int(x_te.shape[0]), "train_rows": int(x_tr.shape[0]),
-           "threads": torch.get_num_threads(), "compiled": args.compile,
-           "results": [r.to_json() for r in results],
-           "_results": results, "_title": "relu-digits (64-256-256-10 ReLU MLP), digits test set"}
-    return out
+    facts = {"model": "relu-digits", "corpus": "scikit-learn digits (test split)",
+             "test_rows": int(x_te.shape[0]), "train_rows": int(x_tr.shape[0]),
+             "threads": torch.get_num_threads(), "compiled": args.compile}
+    return Run(facts, results, "relu-digits (64-256-256-10 ReLU MLP), digits test set")

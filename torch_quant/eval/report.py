@@ -40,6 +40,19 @@ class Result:
         return out
 
 
+@dataclass
+class Run:
+    """One evaluation run: what was evaluated (``facts``: model, corpus,
+    tokens, windows, threads...), each mode's result, and the plot's title."""
+    facts: dict
+    results: List[Result]
+    title: str
+
+    def to_json(self) -> dict:
+        """The JSON file's content: the facts, then every mode's result."""
+        return {**self.facts, "results": [r.to_json() for r in self.results]}
+
+
 def _fmt(v: Optional[float], spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
