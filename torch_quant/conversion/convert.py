@@ -123,7 +123,6 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
         raise ValueError(f"{where}: {' and '.join(needs)} {verb} calibration_data "
                          f"(an iterable of input batches)")
     act_mode, act_granularity = config.act_mode, config.act_granularity
-    percentile = config.percentile
     alphas = config.smoothing_alphas(calibration_data is not None)
     skip = config.skip
 
@@ -145,24 +144,9 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
     modes = ACT_MODES if act_mode == "auto" else (act_mode,)
     # Smoothing: the groups (and for folded ones, the model's float weights)
     # are settled before any layer is quantized.
-    group_of: Dict[str, SmoothGroup] = {}
-    if alphas is not None and first_batch is not None:
-        batch = probe_batch(first_batch)
-        groups = find_groups(model, unique, batch)
-        for g in groups:
-            obs, weights, n_src = _group_inputs(model, unique, observers, g)
-            g.alpha, errs = choose_alpha(obs.rows, obs.absmax(), obs.ch_lo, obs.ch_hi, weights,
-                                         modes, act_granularity, alphas, g.channel_map, n_src)
-            if len(alphas) > 1:  # searched: a rotation is one more candidate
-                g.hadamard_block = choose_rotation(obs.rows, weights, modes, act_granularity,
-                                                   errs, (obs.rot_lo, obs.rot_hi))
-                if g.hadamard_block:
-                    g.alpha = None
-            if g.alpha is not None:
-                g.factors = smoothing_factors(obs.absmax(), weights, g.alpha, g.channel_map,
-                                              n_src)
-        groups = fold(model, groups, batch)
-        group_of = {n: g for g in groups for n in g.members}
+    group_of = (_settle_smoothing(model, unique, observers, first_batch, alphas, modes,
+                                  act_granularity)
+                if alphas is not None and first_batch is not None else {})
     # auto: the model's output on the first calibration batch, before any
     # layer is replaced, to check the per-layer choices against (below).
     check_batch = first_batch if act_mode == "auto" else None
@@ -175,62 +159,89 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
     converted: Dict[int, QuantLinear] = {}
     alternatives: Dict[int, Dict[str, QuantLinear]] = {}  # auto: both modes per layer
     for name, layer in layers.items():
-        if id(layer) in converted:
-            set_module(model, name, converted[id(layer)])
-            continue
-        group = group_of.get(name)
-        s = group.factors if group is not None else None
-        raw = observers.get(name)
-        obs = raw.divided(s) if raw is not None else None  # what gets quantized: x / s
-        rows = obs.rows if obs is not None else None
-        # what the layer receives: x itself when the quantize step divides it
-        rows_in = raw.rows if group is not None and group.kind == "input" and s is not None else rows
-        smooth_arg = s if group is not None and group.kind == "input" else None
-        block = group.hadamard_block if group is not None else 0
-        if block and rows is not None:  # statistics of what gets quantized: the rotated rows
-            rows = hadamard_rows(rows, block)
-        stats: dict = {"float_weight_bytes": sum(
-            t.numel() * t.element_size() for t in (layer.weight, layer.bias) if t is not None)}
-        if group is not None:
-            stats["smoothing"] = group.describe()
-        if act_granularity == "per_tensor":
-            # (a rotated layer: calibration's range of its rotated inputs)
-            lo, hi = (static_range(obs.lo, obs.hi, rows, percentile) if not block
-                      else static_range(raw.rot_lo, raw.rot_hi, rows, percentile))
-            stats["calibrated_range"] = (lo, hi)
-        candidates = {}
-        for m in modes:
-            scale = zp = None
-            if act_granularity == "per_tensor":
-                scale, zp = static_qparams(lo, hi, m)
-            candidates[m] = (QuantLinear.from_float(layer, m, act_granularity, scale, zp,
-                                                    smooth=smooth_arg, hadamard_block=block),
-                             scale, zp)
-        mode = act_mode
-        if act_mode == "auto":
-            err = {m: output_mse(layer, candidates[m][0], rows_in) for m in ACT_MODES}
-            stats["auto_output_mse"] = err
-            mode = choose_mode(err)
-        w = transformed_weight(float_weight_and_bias(layer)[0], smooth_arg, block)
-        for m, (q, scale, zp) in candidates.items():
-            q.stats = dict(stats, weight_sqnr_db=sqnr_db(w, q.dequantized_weight()))
-            if rows is not None:
-                q.stats["act_range_utilization"] = act_range_utilization(rows, obs, m,
-                                                                         act_granularity, scale)
-                q.stats["act_sqnr_db"] = sqnr_db(rows, fake_quantize(rows, m, act_granularity,
-                                                                     scale, zp))
-                q.stats["calibration_rows"] = obs.seen
-            q.train(layer.training)
-        if act_mode == "auto":
-            alternatives[id(layer)] = {m: c[0] for m, c in candidates.items()}
-        q = candidates[mode][0]
-        del candidates
-        converted[id(layer)] = q
-        set_module(model, name, q)
+        if id(layer) not in converted:
+            q, candidates = _convert_layer(layer, group_of.get(name), observers.get(name),
+                                           modes, config)
+            converted[id(layer)] = q
+            if act_mode == "auto":
+                alternatives[id(layer)] = candidates
+        set_module(model, name, converted[id(layer)])
     if alternatives and reference_out is not None:
         check_auto(model, layers, alternatives, converted, check_batch, reference_out)
     watch_loads(model)  # model.load_state_dict checks every layer before any loads
     return model
+
+
+def _settle_smoothing(model: nn.Module, unique: Dict[str, nn.Module], observers, batch,
+                      alphas, modes, act_granularity: str) -> Dict[str, SmoothGroup]:
+    """Each group's smoothing, chosen from calibration (an alpha from the
+    search, or a Hadamard rotation where the search prefers it) and folded
+    into the model where it can be; layer name -> its group as it ends up."""
+    batch = probe_batch(batch)
+    groups = find_groups(model, unique, batch)
+    for g in groups:
+        obs, weights, n_src = _group_inputs(model, unique, observers, g)
+        g.alpha, errs = choose_alpha(obs.rows, obs.absmax(), obs.ch_lo, obs.ch_hi, weights,
+                                     modes, act_granularity, alphas, g.channel_map, n_src)
+        if len(alphas) > 1:  # searched: a rotation is one more candidate
+            g.hadamard_block = choose_rotation(obs.rows, weights, modes, act_granularity,
+                                               errs, (obs.rot_lo, obs.rot_hi))
+            if g.hadamard_block:
+                g.alpha = None
+        if g.alpha is not None:
+            g.factors = smoothing_factors(obs.absmax(), weights, g.alpha, g.channel_map, n_src)
+    groups = fold(model, groups, batch)
+    return {n: g for g in groups for n in g.members}
+
+
+def _convert_layer(layer: nn.Module, group: Optional[SmoothGroup], raw, modes,
+                   config: QuantConfig):
+    """One layer's QuantLinear in config's mode (for "auto", the mode whose
+    output error on the calibration rows is lower), with its statistics; and
+    every mode's candidate (mode -> QuantLinear), which auto checks later."""
+    act_mode, act_granularity = config.act_mode, config.act_granularity
+    s = group.factors if group is not None else None
+    obs = raw.divided(s) if raw is not None else None  # what gets quantized: x / s
+    rows = obs.rows if obs is not None else None
+    # what the layer receives: x itself when the quantize step divides it
+    rows_in = raw.rows if group is not None and group.kind == "input" and s is not None else rows
+    smooth_arg = s if group is not None and group.kind == "input" else None
+    block = group.hadamard_block if group is not None else 0
+    if block and rows is not None:  # statistics of what gets quantized: the rotated rows
+        rows = hadamard_rows(rows, block)
+    stats: dict = {"float_weight_bytes": sum(
+        t.numel() * t.element_size() for t in (layer.weight, layer.bias) if t is not None)}
+    if group is not None:
+        stats["smoothing"] = group.describe()
+    if act_granularity == "per_tensor":
+        # (a rotated layer: calibration's range of its rotated inputs)
+        lo, hi = (static_range(obs.lo, obs.hi, rows, config.percentile) if not block
+                  else static_range(raw.rot_lo, raw.rot_hi, rows, config.percentile))
+        stats["calibrated_range"] = (lo, hi)
+    candidates = {}
+    for m in modes:
+        scale = zp = None
+        if act_granularity == "per_tensor":
+            scale, zp = static_qparams(lo, hi, m)
+        candidates[m] = (QuantLinear.from_float(layer, m, act_granularity, scale, zp,
+                                                smooth=smooth_arg, hadamard_block=block),
+                         scale, zp)
+    mode = act_mode
+    if act_mode == "auto":
+        err = {m: output_mse(layer, candidates[m][0], rows_in) for m in ACT_MODES}
+        stats["auto_output_mse"] = err
+        mode = choose_mode(err)
+    w = transformed_weight(float_weight_and_bias(layer)[0], smooth_arg, block)
+    for m, (q, scale, zp) in candidates.items():
+        q.stats = dict(stats, weight_sqnr_db=sqnr_db(w, q.dequantized_weight()))
+        if rows is not None:
+            q.stats["act_range_utilization"] = act_range_utilization(rows, obs, m,
+                                                                     act_granularity, scale)
+            q.stats["act_sqnr_db"] = sqnr_db(rows, fake_quantize(rows, m, act_granularity,
+                                                                 scale, zp))
+            q.stats["calibration_rows"] = obs.seen
+        q.train(layer.training)
+    return candidates[mode][0], {m: c[0] for m, c in candidates.items()}
 
 
 def quantize_model(model: nn.Module, act_mode: str = "symmetric",
