@@ -168,8 +168,8 @@ def test_default_model_loads_or_skips():
     else a one-line SkipSection (never an ImportError)."""
     try:
         model, tok, desc = e2e.load_default_model()
-    except e2e.SkipSection as e:
-        assert "make eval-data" in str(e) or str(e)
+    except e2e.SkipSection as e:  # one line saying why (the package missing, or the error)
+        assert str(e).strip() and "\n" not in str(e)
         return
     assert model.config.vocab_size > 0 and tok is not None and "SmolLM2" in desc
 

@@ -36,6 +36,7 @@
 
 #include <cstdint>
 
+#include "../quant_math.h"
 #include "isa.h"
 #include "packed.h"
 #include "target.h"
@@ -65,19 +66,25 @@ float finish_scalar(int32_t dot, int64_t m, int64_t n, int32_t zp_shift, int32_t
 // same order, lane by lane: -ffp-contract=off keeps them unfused).
 inline void finish_row(const int32_t* dot, const int32_t* sums, int64_t m, int64_t n0,
                        int64_t cols, int32_t zp_shift, const Epilogue& ep) {
-  const uint32_t zp = static_cast<uint32_t>(ep.zp[m] + zp_shift);
+  const int32_t zp = ep.zp[m] + zp_shift;
   const float xs = ep.x_scale[m];
   const float* ws = ep.w_scale + n0;
   float* y = ep.y + m * ep.ldy + n0;
-  // (wrapping int32 arithmetic, as linear_epilogue)
   if (ep.bias == nullptr) {
-    for (int64_t j = 0; j < cols; ++j)
-      y[j] = static_cast<float>(static_cast<int32_t>(static_cast<uint32_t>(dot[j]) - zp * static_cast<uint32_t>(sums[j]))) * (xs * ws[j]);
+    for (int64_t j = 0; j < cols; ++j) y[j] = linear_epilogue(dot[j], zp, sums[j], xs, ws[j]);
   } else {
     const float* b = ep.bias + n0;
     for (int64_t j = 0; j < cols; ++j)
-      y[j] = static_cast<float>(static_cast<int32_t>(static_cast<uint32_t>(dot[j]) - zp * static_cast<uint32_t>(sums[j]))) * (xs * ws[j]) + b[j];
+      y[j] = linear_epilogue(dot[j], zp, sums[j], xs, ws[j]) + b[j];
   }
+}
+
+// sum_k row[k]: a plain weight row's sum (the plain kernels' epilogue and the
+// check of a given w_sum need it).
+inline int32_t row_sum(const int8_t* row, int64_t K) {
+  int32_t s = 0;
+  for (int64_t k = 0; k < K; ++k) s += row[k];
+  return s;
 }
 
 // One task of the plain kernels: rows [m0, m1) x columns [n0, n1) of the
@@ -141,7 +148,7 @@ struct GemmKernels {
   void (*prepare_plain_rows)(const void*, bool, int64_t, int64_t, int64_t, uint8_t*);
   void (*gemm_plain)(const PlainTask&, const Epilogue&);
   // Packs full panels [p0, p1) by transposes (null: pack_columns packs all).
-  void (*pack_panels)(const int8_t*, int64_t, int64_t, int64_t, int64_t, int8_t*);
+  PanelPacker pack_panels;
   // With a plain weight, from this many rows on it pays to pack it for the
   // call (an extra pass over the weight) and run the packed kernel; measured
   // per ISA (docs/design.md, "Plain weights").

@@ -58,12 +58,7 @@ void prepare_plain_rows(const void*, bool, int64_t, int64_t, int64_t, uint8_t*) 
 void gemm_plain(const PlainTask& t, const Epilogue& ep) {
   const int64_t K = t.K, cols = t.n1 - t.n0;
   std::vector<int32_t> sums(static_cast<size_t>(cols)), dot(static_cast<size_t>(cols));
-  for (int64_t j = 0; j < cols; ++j) {
-    const int8_t* row = t.w + (t.n0 + j) * K;
-    int32_t s = 0;
-    for (int64_t k = 0; k < K; ++k) s += row[k];
-    sums[j] = s;
-  }
+  for (int64_t j = 0; j < cols; ++j) sums[j] = row_sum(t.w + (t.n0 + j) * K, K);
   if (t.sums != nullptr) std::memcpy(t.sums + t.n0, sums.data(), sizeof(int32_t) * cols);
   for (int64_t m = t.m0; m < t.m1; ++m) {
     for (int64_t j = 0; j < cols; ++j) {

@@ -63,26 +63,18 @@ struct Activations {
   std::function<void(int64_t, int64_t)> fill;
 };
 
-// The row sums of a plain [N, K] weight, for a call with no rows to compute
-// (M = 0) that must still check a given w_sum.
-std::vector<int32_t> row_sums(const int8_t* w, int64_t N, int64_t K) {
-  std::vector<int32_t> sums(static_cast<size_t>(N));
-  for (int64_t n = 0; n < N; ++n) {
-    int32_t s = 0;
-    for (int64_t k = 0; k < K; ++k) s += w[n * K + k];
-    sums[n] = s;
-  }
-  return sums;
-}
-
 // Writes y = the epilogue of the product of `act` and `w` into out (dtype
 // out_dtype), after checking a given w_sum against the sums of the pass over
 // the weight that the call makes anyway (packing it, or the plain kernels).
 void linear(const char* op, const Activations& act, const at::Tensor& w, const std::optional<at::Tensor>& w_sum,
             const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::Tensor& out) {
   const int64_t M = act.M, K = act.K, N = out.size(-1);
-  if (M == 0 || N == 0) {
-    if (w_sum.has_value() && N > 0) check_weight_sums(op, *w_sum, row_sums(w.const_data_ptr<int8_t>(), N, K).data());
+  if (M == 0 || N == 0) {  // no pass over the weight to take the sums from: one for w_sum
+    if (w_sum.has_value() && N > 0) {
+      std::vector<int32_t> sums(static_cast<size_t>(N));
+      for (int64_t n = 0; n < N; ++n) sums[n] = row_sum(w.const_data_ptr<int8_t>() + n * K, K);
+      check_weight_sums(op, *w_sum, sums.data());
+    }
     return;
   }
   // The kernels of one ISA for the whole call (gemm.h says why).
@@ -146,7 +138,7 @@ void linear(const char* op, const Activations& act, const at::Tensor& w, const s
         const int64_t cols = n1 - n0;
         if (n0 != chunk_n0) {
           chunk.resize(static_cast<size_t>(cols * packed_rows(K) * 4));
-          pack(wp + n0 * K, K, cols, K, chunk.data());  // (serial: inside a task)
+          pack(wp + n0 * K, K, cols, K, chunk.data(), kern.pack_panels);  // (serial: in a task)
           chunk_n0 = n0;
         }
         const PackedWeight view{chunk.data(), cols, K};

@@ -42,14 +42,14 @@ void pack_columns(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int64_t n0
   }
 }
 
-void pack(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* out) {
+void pack(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* out,
+          PanelPacker panels_fn) {
   // Whole panels per task: columns of one panel share cache lines.
   const int64_t panels = (N + kPanelCols - 1) / kPanelCols, full = N / kPanelCols;
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(kPanelCols * K, 1));
   // The full panels by transposes where the CPU has them (AVX-512: 6x faster
   // than the column loop at 4096 x 4096, a copy's speed), the narrower last
   // one here.
-  const auto panels_fn = gemm_kernels(active_isa()).pack_panels;
   at::parallel_for(0, panels, grain, [&](int64_t begin, int64_t end) {
     if (panels_fn != nullptr && begin < full) {
       panels_fn(w, ldw, K, begin, std::min(end, full), out);
@@ -88,7 +88,9 @@ at::Tensor pack_weight_cpu(const at::Tensor& w_q) {
   const at::Tensor w = w_q.contiguous();
   const int64_t N = w.size(0), K = w.size(1);
   at::Tensor out = at::empty({N, packed_rows(K), 4}, w.options());
-  if (out.numel() > 0) pack(w.const_data_ptr<int8_t>(), K, N, K, out.mutable_data_ptr<int8_t>());
+  if (out.numel() > 0)
+    pack(w.const_data_ptr<int8_t>(), K, N, K, out.mutable_data_ptr<int8_t>(),
+         gemm_kernels(active_isa()).pack_panels);
   return out;
 }
 

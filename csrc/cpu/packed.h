@@ -88,8 +88,13 @@ void check_packed_k(const char* op, const char* name, const PackedWeight& pw);
 // packed tensor (N * packed_rows(K) * 4 bytes).
 void pack_columns(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int64_t n0, int64_t n1,
                   int8_t* out);
-// The whole weight, in parallel.
-void pack(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* out);
+// Packs full panels [p0, p1) by transposes (an ISA's pack_panels, gemm.h).
+using PanelPacker = void (*)(const int8_t* w, int64_t ldw, int64_t K, int64_t p0, int64_t p1,
+                             int8_t* out);
+// The whole weight, in parallel: full panels by `panels` where given (the
+// call's ISA), the rest (or all, with null) by pack_columns; the same bytes
+// either way.
+void pack(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* out, PanelPacker panels);
 // The inverse: out is [N, K] (row stride K).
 void unpack(const PackedWeight& pw, int8_t* out);
 
