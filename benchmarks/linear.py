@@ -267,6 +267,8 @@ def _method_notes(sizes: LinearSizes) -> List[str]:
         f"calls while the fp32 one (64 MiB) cannot, which would inflate the int8 speedups at "
         f"small M (SmolLM2's small weights stay in cache, as they would in a model only if it "
         f"fit: it does not)",
+        "bf16: F.linear on bf16 x and w (oneDNN; the x cast is untimed, as a bf16 model's "
+        "activations are bf16 already); its rel err is that of bf16 arithmetic",
         f"all candidates: no bias, {torch.get_num_threads()} threads, x float32 [M, K] "
         "(shared: it is hot in cache, as a layer's input is); a row's median is over its n "
         "interleaved repetitions, default 11 at M <= 16 and 5 above; ratios are of medians, "

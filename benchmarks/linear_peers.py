@@ -33,6 +33,7 @@ SLOW_BUDGET_S = 6.0  # timed seconds per slow baseline and shape
 
 PEER_LABELS = {  # key: (label, short name for the goals; None: not an int8 peer)
     "fp32": ("fp32 F.linear(x, w)", None),
+    "bf16": ("bf16 F.linear(x, w), x and w bf16", None),
     "ours_sym": ("ours QuantLinear symmetric (packed w)", None),
     "ours_asym": ("ours QuantLinear asymmetric (packed w)", None),
     "ours_plain": ("ours op symmetric, plain [N,K] w", None),
@@ -121,6 +122,8 @@ class Weights:
             self.w_scale, w_zp = tq.choose_qparams(w, "symmetric", axis=0)
             self.w_q = tq.quantize(w, self.w_scale, w_zp, "symmetric", axis=0)
             self.fp32 = [w.clone() for _ in range(copies)]
+            # the float a user runs where the CPU has bf16 units (AMX, Zen 4/5)
+            self.bf16 = [w.to(torch.bfloat16) for _ in range(copies)]
             self.ours = {mode: [tq.QuantLinear.from_float(linear_module(w), act_mode=mode)
                                 for _ in range(copies)]
                          for mode in ("symmetric", "asymmetric")}
@@ -172,9 +175,12 @@ class Weights:
         """The candidates at one M (x: [M, K]); fp32 first, the reference."""
         N, K = self.N, self.K
         ws = self.w_scale
+        x_bf16 = x.to(torch.bfloat16)  # a bf16 model's activations are bf16 already: untimed
         cands = [
             LinCand("fp32", cycling(lambda wt: F.linear(x, wt), [(t,) for t in self.fp32]),
                     4 * N * K),
+            LinCand("bf16", cycling(lambda wt: F.linear(x_bf16, wt), [(t,) for t in self.bf16]),
+                    2 * N * K),
             LinCand("ours_sym", cycling(lambda m: m(x), [(m,) for m in self.ours["symmetric"]]),
                     self.packed_nbytes),
             LinCand("ours_asym", cycling(lambda m: m(x), [(m,) for m in self.ours["asymmetric"]]),

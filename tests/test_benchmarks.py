@@ -65,7 +65,7 @@ def test_linear_section_tiny():
         res = linear.section_linear(CFG, sizes)
     rows = {r.key: r for r in res.rows}
     for M in (1, 8):
-        for key in ("fp32", "ours_sym", "ours_asym", "ours_plain", "ours_plain_wsum",
+        for key in ("fp32", "bf16", "ours_sym", "ours_asym", "ours_plain", "ours_plain_wsum",
                     "ours_smooth"):
             r = rows[f"linear/M{M}/N64/K96/{key}"]
             assert len(r.times) == 2 and all(t > 0 for t in r.times)
