@@ -13,7 +13,8 @@ dynamic) or with one scale and zero point fixed by calibration
 
 from __future__ import annotations
 
-from typing import List, Optional
+from types import MappingProxyType
+from typing import List, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -94,8 +95,7 @@ class QuantLinear(nn.Module):
                                      torch.zeros((), dtype=torch.int32, device=device))
             if smooth:
                 self.register_buffer("input_smooth", torch.ones(in_features, **f32))
-        # Conversion statistics for tq.quantization_report (not saved).
-        self.stats: dict = {}
+        self._stats: dict = {}  # see stats
 
     @classmethod
     def from_float(cls, linear: nn.Module, act_mode: str = "symmetric",
@@ -178,6 +178,19 @@ class QuantLinear(nn.Module):
         x_q = ops.quantize(x, b["input_scale"], b["input_zero_point"], self.act_mode)
         return ops.quantized_linear(x_q, b["input_scale"], b["input_zero_point"], w,
                                     b["weight_scale"], b["bias"], w_sum, out_dtype=dtype)
+
+    @property
+    def stats(self) -> Mapping:
+        """How ``tq.quantize_`` made this layer (the weight's and activations'
+        SQNR, calibrated range, smoothing, auto's errors: what
+        ``tq.quantization_report`` shows), read-only; empty for a layer made
+        otherwise. Not saved."""
+        return MappingProxyType(self._stats)
+
+    def record_stats(self, stats: Mapping) -> None:
+        """Replaces what :attr:`stats` reports (``tq.quantize_`` records each
+        layer's once, complete)."""
+        self._stats = dict(stats)
 
     def plain_weight(self) -> Tensor:
         """The int8 weight codes as ``[out, in]`` (a new tensor when held packed)."""

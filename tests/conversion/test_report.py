@@ -95,6 +95,22 @@ def test_report_without_calibration():
     assert cells[8] != "-"
 
 
+def test_stats_are_the_layers_own_read_only_record():
+    """A converted layer's stats are recorded once by quantize_ and cannot be
+    changed through the mapping the layer hands out; a layer made by
+    from_float has none, and the report shows what record_stats recorded."""
+    model = report_model()
+    tq.quantize_model(model, "symmetric", "per_token", progress=False)
+    stats = model.proj.stats
+    assert stats["float_weight_bytes"] == 12
+    with pytest.raises(TypeError):
+        stats["weight_sqnr_db"] = 0.0
+    assert tq.QuantLinear.from_float(nn.Linear(3, 2)).stats == {}
+    model.proj.record_stats(dict(stats, weight_sqnr_db=12.5))
+    (r,) = tq.quantization_report(model)
+    assert r.weight_sqnr_db == 12.5 and stats["weight_sqnr_db"] != 12.5
+
+
 def test_report_many_layers_and_conv1d(gen):
     model = Tiny().eval()
     x = torch.randn(3, 16, generator=gen)

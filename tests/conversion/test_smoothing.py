@@ -12,6 +12,7 @@ definition for the quantize-step path (``x * input_smooth`` then the op).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -394,18 +395,81 @@ def test_global_undo_keeps_a_groups_rotation(gen, monkeypatch):
     layers = {n: m.get_submodule(n) for n in ("a", "b", "c")}
     x = outlier_inputs(gen)
     groups = smoothing.find_groups(m, layers, x)
-    pair = next(g for g in groups if g.members == ["a", "b"])
-    pair.hadamard_block = 8  # rotated: no factors
-    other = next(g for g in groups if g.members == ["c"])
-    other.alpha, other.factors = 0.5, torch.rand(40, generator=gen) + 0.5  # folded, then undone
+    groups = [replace(g, hadamard_block=8) if g.members == ("a", "b")  # rotated: no factors
+              else replace(g, alpha=0.5, factors=torch.rand(40, generator=gen) + 0.5)
+              for g in groups]  # c: folded, then undone
     # the model's output "changed": the global undo path
     monkeypatch.setattr(smoothing_groups, "outputs_close", lambda a, b, rtol=1e-3: False)
     out = smoothing_groups.fold(m, groups, x)
     by_layer = {n: g for g in out for n in g.members}
     assert sorted(by_layer) == ["a", "b", "c"]
     for n in ("a", "b"):
-        assert by_layer[n].members == [n] and by_layer[n].kind == "input"
+        assert by_layer[n].members == (n,) and by_layer[n].kind == "input"
         assert by_layer[n].hadamard_block == 8
     assert by_layer["c"].kind == "input" and by_layer["c"].hadamard_block == 0
     for (name, p), q in zip(m.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def _both_folded(m, gen, x):
+    """The norm group (a, b) and the pair (c after a) with factors: a is both
+    a member of one fold (its columns) and the source of the other (its rows)."""
+    layers = {n: m.get_submodule(n) for n in ("a", "b", "c")}
+    return [replace(g, alpha=0.5, factors=torch.rand(24 if g.kind == "norm" else 40,
+                                                     generator=gen) + 0.5)
+            for g in smoothing.find_groups(m, layers, x)]
+
+
+def test_global_undo_restores_a_layer_two_folds_share(gen, monkeypatch):
+    """Undoing every fold must give back the model bit for bit, also where a
+    layer's columns and rows were scaled by two different groups (undone in
+    the reverse order of folding)."""
+    from torch_quant.conversion import smoothing_groups
+    m = make(nn.LayerNorm(24), nn.ReLU())
+    ref = copy.deepcopy(m)
+    x = outlier_inputs(gen)
+    groups = _both_folded(m, gen, x)
+    assert {g.kind for g in groups} == {"norm", "linear"}
+    real = smoothing_groups.outputs_close
+    calls = []
+
+    def output_check_fails(a, b, rtol=1e-3):  # three layers' input checks, then the output's
+        calls.append(1)
+        return real(a, b, rtol) and len(calls) <= 3
+    monkeypatch.setattr(smoothing_groups, "outputs_close", output_check_fails)
+    out = smoothing_groups.fold(m, groups, x)
+    assert len(calls) == 4 and {g.kind for g in out} == {"input"}
+    for (name, p), q in zip(m.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_a_group_that_fails_its_check_leaves_the_others_folded_exactly(gen, monkeypatch):
+    """When one group's input check fails, the model is refolded without it:
+    the other group's fold (here the pair c after a, whose source a is a
+    member of the failed norm group) stays exact and the model's output is
+    unchanged."""
+    from torch_quant.conversion import smoothing_groups
+    m = make(nn.LayerNorm(24), nn.ReLU())
+    ref = copy.deepcopy(m)
+    x = outlier_inputs(gen)
+    groups = _both_folded(m, gen, x)
+    pair = next(g for g in groups if g.kind == "linear")
+    real = smoothing_groups.outputs_close
+    calls = []
+
+    def first_check_fails(a, b, rtol=1e-3):  # the norm group's first member, first time
+        calls.append(1)
+        return real(a, b, rtol) and len(calls) != 1
+    monkeypatch.setattr(smoothing_groups, "outputs_close", first_check_fails)
+    out = smoothing_groups.fold(m, groups, x)
+    by_layer = {n: g for g in out for n in g.members}
+    assert by_layer["a"].kind == by_layer["b"].kind == "input"
+    assert by_layer["c"].kind == "linear" and by_layer["c"].source == "a"
+    # a's rows divided by the pair's factors (its columns untouched), c's columns multiplied
+    cmap = pair.channel_map
+    r = 1.0 / pair.factors[cmap]
+    assert torch.allclose(m.a.weight, ref.a.weight * r[:, None], rtol=1e-6)
+    assert torch.equal(m.b.weight, ref.b.weight)
+    assert torch.allclose(m.c.weight, ref.c.weight * pair.factors, rtol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(m(x), ref(x), rtol=1e-4, atol=1e-5)

@@ -11,7 +11,7 @@ model's output."""
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -38,14 +38,15 @@ def _model_error(model: nn.Module, batch, reference_out: List[Tensor]) -> float:
 
 
 def check_auto(model: nn.Module, layers: Dict[str, nn.Module],
-                alternatives: Dict[int, Dict[str, QuantLinear]], converted: Dict[int, QuantLinear],
-                batch, reference_out: List[Tensor]) -> None:
-    """auto's per-layer choices against every layer in one fixed mode, on the
-    model's output for the first calibration batch: layer by layer errors add
-    up differently through a model, and auto must not end worse than the
-    better fixed mode. The per-layer choices stay unless a fixed mode is
-    strictly better; every layer's report records the three errors."""
-    per_layer = {i: q.act_mode for i, q in converted.items()}
+               alternatives: Dict[int, Dict[str, QuantLinear]], per_layer: Dict[int, str],
+               batch, reference_out: List[Tensor]) -> Tuple[Dict[int, str], dict]:
+    """auto's per-layer choices (``per_layer``: id of the float layer -> mode)
+    against every layer in one fixed mode, on the model's output for the first
+    calibration batch: layer by layer errors add up differently through a
+    model, and auto must not end worse than the better fixed mode. The
+    per-layer choices stay unless a fixed mode is strictly better. Sets the
+    chosen layers in ``model``; returns (the modes chosen, the three errors
+    with ``chosen``) for every layer's report."""
     picks = {"per_layer": per_layer, **{m: {i: m for i in alternatives} for m in ACT_MODES}}
 
     def apply(pick):
@@ -58,6 +59,4 @@ def check_auto(model: nn.Module, layers: Dict[str, nn.Module],
         errors[label] = _model_error(model, batch, reference_out)
     best = min(errors, key=lambda k: (errors[k], k != "per_layer"))
     apply(picks[best])
-    for i, qs in alternatives.items():
-        converted[i] = qs[picks[best][i]]
-        converted[i].stats["auto_model_error"] = dict(errors, chosen=best)
+    return picks[best], dict(errors, chosen=best)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
+from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
@@ -156,18 +157,23 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None,
         with torch.no_grad():
             reference_out = flat_outputs(run_model(model, check_batch))
 
-    converted: Dict[int, QuantLinear] = {}
-    alternatives: Dict[int, Dict[str, QuantLinear]] = {}  # auto: both modes per layer
+    # One QuantLinear per module object (candidates: every mode's, with its
+    # statistics), set under each of the module's names.
+    candidates: Dict[int, Dict[str, tuple]] = {}
+    chosen: Dict[int, str] = {}
     for name, layer in layers.items():
-        if id(layer) not in converted:
-            q, candidates = _convert_layer(layer, group_of.get(name), observers.get(name),
-                                           modes, config)
-            converted[id(layer)] = q
-            if act_mode == "auto":
-                alternatives[id(layer)] = candidates
-        set_module(model, name, converted[id(layer)])
-    if alternatives and reference_out is not None:
-        check_auto(model, layers, alternatives, converted, check_batch, reference_out)
+        if id(layer) not in candidates:
+            chosen[id(layer)], candidates[id(layer)] = _convert_layer(
+                layer, group_of.get(name), observers.get(name), modes, config)
+        set_module(model, name, candidates[id(layer)][chosen[id(layer)]][0])
+    model_error = None
+    if act_mode == "auto" and reference_out is not None:
+        alternatives = {i: {m: c[0] for m, c in cs.items()} for i, cs in candidates.items()}
+        chosen, model_error = check_auto(model, layers, alternatives, chosen, check_batch,
+                                         reference_out)
+    for i, mode in chosen.items():
+        q, stats = candidates[i][mode]
+        q.record_stats(stats if model_error is None else dict(stats, auto_model_error=model_error))
     watch_loads(model)  # model.load_state_dict checks every layer before any loads
     return model
 
@@ -178,27 +184,37 @@ def _settle_smoothing(model: nn.Module, unique: Dict[str, nn.Module], observers,
     search, or a Hadamard rotation where the search prefers it) and folded
     into the model where it can be; layer name -> its group as it ends up."""
     batch = probe_batch(batch)
-    groups = find_groups(model, unique, batch)
-    for g in groups:
-        obs, weights, n_src = _group_inputs(model, unique, observers, g)
-        g.alpha, errs = choose_alpha(obs.rows, obs.absmax(), obs.ch_lo, obs.ch_hi, weights,
-                                     modes, act_granularity, alphas, g.channel_map, n_src)
-        if len(alphas) > 1:  # searched: a rotation is one more candidate
-            g.hadamard_block = choose_rotation(obs.rows, weights, modes, act_granularity,
-                                               errs, (obs.rot_lo, obs.rot_hi))
-            if g.hadamard_block:
-                g.alpha = None
-        if g.alpha is not None:
-            g.factors = smoothing_factors(obs.absmax(), weights, g.alpha, g.channel_map, n_src)
+    groups = [_choose_smoothing(g, *_group_inputs(model, unique, observers, g), alphas, modes,
+                                act_granularity)
+              for g in find_groups(model, unique, batch)]
     groups = fold(model, groups, batch)
     return {n: g for g in groups for n in g.members}
 
 
+def _choose_smoothing(g: SmoothGroup, obs, weights, n_src: int, alphas, modes,
+                      act_granularity: str) -> SmoothGroup:
+    """The group with its smoothing chosen: the alpha of the search's least
+    error and its factors, or (when searched, and better) a Hadamard rotation
+    instead."""
+    alpha, errs = choose_alpha(obs.rows, obs.absmax(), obs.ch_lo, obs.ch_hi, weights, modes,
+                               act_granularity, alphas, g.channel_map, n_src)
+    block = 0
+    if len(alphas) > 1:  # searched: a rotation is one more candidate
+        block = choose_rotation(obs.rows, weights, modes, act_granularity, errs,
+                                (obs.rot_lo, obs.rot_hi))
+        if block:
+            alpha = None
+    factors = (smoothing_factors(obs.absmax(), weights, alpha, g.channel_map, n_src)
+               if alpha is not None else None)
+    return replace(g, alpha=alpha, hadamard_block=block, factors=factors)
+
+
 def _convert_layer(layer: nn.Module, group: Optional[SmoothGroup], raw, modes,
                    config: QuantConfig):
-    """One layer's QuantLinear in config's mode (for "auto", the mode whose
-    output error on the calibration rows is lower), with its statistics; and
-    every mode's candidate (mode -> QuantLinear), which auto checks later."""
+    """The mode of one layer's QuantLinear (config's; for "auto", the mode
+    whose output error on the calibration rows is lower) and every mode's
+    candidate: mode -> (QuantLinear, its statistics for the report), from
+    which auto's model-level check may still pick another."""
     act_mode, act_granularity = config.act_mode, config.act_granularity
     s = group.factors if group is not None else None
     obs = raw.divided(s) if raw is not None else None  # what gets quantized: x / s
@@ -232,16 +248,17 @@ def _convert_layer(layer: nn.Module, group: Optional[SmoothGroup], raw, modes,
         stats["auto_output_mse"] = err
         mode = choose_mode(err)
     w = transformed_weight(float_weight_and_bias(layer)[0], smooth_arg, block)
+    out = {}
     for m, (q, scale, zp) in candidates.items():
-        q.stats = dict(stats, weight_sqnr_db=sqnr_db(w, q.dequantized_weight()))
+        own = dict(stats, weight_sqnr_db=sqnr_db(w, q.dequantized_weight()))
         if rows is not None:
-            q.stats["act_range_utilization"] = act_range_utilization(rows, obs, m,
-                                                                     act_granularity, scale)
-            q.stats["act_sqnr_db"] = sqnr_db(rows, fake_quantize(rows, m, act_granularity,
-                                                                 scale, zp))
-            q.stats["calibration_rows"] = obs.seen
+            own["act_range_utilization"] = act_range_utilization(rows, obs, m, act_granularity,
+                                                                 scale)
+            own["act_sqnr_db"] = sqnr_db(rows, fake_quantize(rows, m, act_granularity, scale, zp))
+            own["calibration_rows"] = obs.seen
         q.train(layer.training)
-    return candidates[mode][0], {m: c[0] for m, c in candidates.items()}
+        out[m] = (q, own)
+    return mode, out
 
 
 def quantize_model(model: nn.Module, act_mode: str = "symmetric",
@@ -277,12 +294,12 @@ def smooth_model(model: nn.Module, calibration_data: Iterable, alpha: float = 0.
     observers, first_batch = calibrate(model, unique, calibration_data, progress)
     batch = probe_batch(first_batch)
     groups = find_groups(model, unique, batch)
-    for g in groups:
+    for i, g in enumerate(groups):
         if g.kind == "input":
             continue
         obs, weights, n_src = _group_inputs(model, unique, observers, g)
-        g.alpha = float(alpha)
-        g.factors = smoothing_factors(obs.absmax(), weights, g.alpha, g.channel_map, n_src)
+        groups[i] = replace(g, alpha=float(alpha), factors=smoothing_factors(
+            obs.absmax(), weights, float(alpha), g.channel_map, n_src))
     groups = fold(model, groups, batch)
     out = {}
     for g in groups:

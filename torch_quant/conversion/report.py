@@ -59,7 +59,7 @@ def quantization_report(model: nn.Module) -> List[LayerReport]:
     """A :class:`LayerReport` for every ``QuantLinear`` in ``model``."""
     out = []
     for name, q in quantized_layers(model):
-        stats = getattr(q, "stats", {}) or {}
+        stats = q.stats
         # As stored (state_dict, files): the weight in its plain [out, in] layout.
         after = q.in_features * q.out_features + sum(
             t.numel() * t.element_size() for n, t in q.named_buffers(recurse=False) if n != "weight")

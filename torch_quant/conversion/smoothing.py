@@ -101,10 +101,6 @@ def smoothing_factors(act_absmax: Tensor, weights: Sequence[Tensor], alpha: floa
     return torch.where(channel_map >= 0, s[channel_map.clamp_min(0)], torch.ones(()))
 
 
-def _group_weights(model: nn.Module, g: SmoothGroup) -> List[Tensor]:
-    return [float_weight_and_bias(model.get_submodule(n))[0].detach().float() for n in g.members]
-
-
 def _fake_quant_weight(w: Tensor) -> Tensor:
     scale, zp = ops.choose_qparams(w, "symmetric", axis=0)
     return ops.dequantize(ops.quantize(w, scale, zp, "symmetric", axis=0), scale, zp, axis=0)

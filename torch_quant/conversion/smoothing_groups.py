@@ -8,7 +8,7 @@ model's outputs did not change."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,24 +21,25 @@ __all__ = ["PROBE_ROWS", "SmoothGroup", "find_groups", "fold", "probe_batch"]
 PROBE_ROWS = 64  # rows of each layer's input compared when probing
 
 
-@dataclass
+@dataclass(frozen=True)
 class SmoothGroup:
-    """Layers that share one input, and where their factors go.
+    """Layers that share one input, where their factors go, and (once chosen)
+    how they are smoothed. Immutable: a choice or a fold makes a new group
+    (``dataclasses.replace``).
 
-    kind: "norm" (``source`` is the norm module's name, ``form`` "gain" or
-    "one_plus_gain"), "linear" (``source`` is the previous linear layer; its
-    output row ``channel_map[j]`` feeds input channel j) or "input" (one
-    layer, factors applied in its quantize step)."""
+    kind: "norm" (``source`` is the norm module's name; ``form``, once folded,
+    "gain" or "one_plus_gain"), "linear" (``source`` is the previous linear
+    layer; its output row ``channel_map[j]`` feeds input channel j) or "input"
+    (one layer, factors applied in its quantize step)."""
 
     kind: str
-    members: List[str]
+    members: Tuple[str, ...]
     source: str = ""
     form: str = ""
     channel_map: Optional[Tensor] = None
     alpha: Optional[float] = None  # None: not smoothed
     hadamard_block: int = 0  # > 0: the members rotate their inputs instead
     factors: Optional[Tensor] = None  # s, per input channel of the members
-    undo: List[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def describe(self) -> dict:
         s = self.factors
@@ -211,20 +212,21 @@ def find_groups(model: nn.Module, layers: Dict[str, nn.Module], batch) -> List[S
             if b not in feeds and b not in pairs:
                 pairs[b] = (a, cmap)
 
-    groups: Dict[str, SmoothGroup] = {}
+    norm_members: Dict[str, List[str]] = {}  # norm -> the layers reading its output
+    for name in layers:
+        if name in feeds:
+            norm_members.setdefault(feeds[name], []).append(name)
     out: List[SmoothGroup] = []
     for name in layers:
         if name in feeds:
-            g = groups.get(feeds[name])
-            if g is None:
-                g = groups[feeds[name]] = SmoothGroup("norm", [], source=feeds[name])
-                out.append(g)
-            g.members.append(name)
+            members = norm_members[feeds[name]]
+            if members[0] == name:  # the group, where its first member is
+                out.append(SmoothGroup("norm", tuple(members), source=feeds[name]))
         elif name in pairs:
             a, cmap = pairs[name]
-            out.append(SmoothGroup("linear", [name], source=a, channel_map=cmap))
+            out.append(SmoothGroup("linear", (name,), source=a, channel_map=cmap))
         else:
-            out.append(SmoothGroup("input", [name]))
+            out.append(SmoothGroup("input", (name,)))
     return out
 
 
@@ -232,15 +234,28 @@ def find_groups(model: nn.Module, layers: Dict[str, nn.Module], batch) -> List[S
 # folding
 
 
-def _fold_norm(model: nn.Module, g: SmoothGroup, s: Tensor, norm_input: Tensor) -> bool:
+Undo = Callable[[], None]
+
+
+def _restorer(pairs: Sequence[Tuple[Tensor, Tensor]]) -> Undo:
+    """A function that copies each saved tensor back into its parameter."""
+    def undo():
+        with torch.no_grad():
+            for param, saved in pairs:
+                param.copy_(saved)
+    return undo
+
+
+def _fold_norm(model: nn.Module, source: str, s: Tensor,
+               norm_input: Tensor) -> Optional[Tuple[str, Undo]]:
     """Divides the norm's output by s through its parameters, in the form
-    that reproduces ``norm(x) / s`` on its recorded input; False (and the
-    norm unchanged) when no form does."""
-    norm = model.get_submodule(g.source)
-    w = norm.weight
-    b = getattr(norm, "bias", None)
-    b = b if isinstance(b, Tensor) else None
-    saved_w, saved_b = w.detach().clone(), None if b is None else b.detach().clone()
+    that reproduces ``norm(x) / s`` on its recorded input: (the form, how to
+    undo it); None (and the norm unchanged) when no form does."""
+    norm = model.get_submodule(source)
+    params = [t for t in (norm.weight, getattr(norm, "bias", None)) if isinstance(t, Tensor)]
+    saved = [t.detach().clone() for t in params]
+    undo = _restorer(list(zip(params, saved)))
+    w, saved_w = params[0], saved[0]
     with torch.no_grad():
         want = norm(norm_input).float() / s
         for form in ("gain", "one_plus_gain"):
@@ -248,27 +263,17 @@ def _fold_norm(model: nn.Module, g: SmoothGroup, s: Tensor, norm_input: Tensor) 
                 w.copy_((saved_w.float() / s).to(w.dtype))
             else:
                 w.copy_(((1.0 + saved_w.float()) / s - 1.0).to(w.dtype))
-            if b is not None:
-                b.copy_((saved_b.float() / s).to(b.dtype))
+            if len(params) == 2:
+                params[1].copy_((saved[1].float() / s).to(params[1].dtype))
             got = norm(norm_input).float()
             tol = 1e-4 * want.abs().amax(-1, keepdim=True).clamp_min(1e-30) + 1e-4 * want.abs()
             if got.shape == want.shape and ((got - want).abs() <= tol).all():
-                g.form = form
-
-                def undo(w=w, b=b, saved_w=saved_w, saved_b=saved_b):
-                    with torch.no_grad():
-                        w.copy_(saved_w)
-                        if b is not None:
-                            b.copy_(saved_b)
-                g.undo.append(undo)
-                return True
-        w.copy_(saved_w)
-        if b is not None:
-            b.copy_(saved_b)
-    return False
+                return form, undo
+    undo()
+    return None
 
 
-def _scale_columns(model: nn.Module, name: str, s: Tensor, g: SmoothGroup) -> None:
+def _scale_columns(model: nn.Module, name: str, s: Tensor) -> Undo:
     """Multiplies the layer's weight columns (input channels) by s."""
     mod = model.get_submodule(name)
     saved = mod.weight.detach().clone()
@@ -277,29 +282,19 @@ def _scale_columns(model: nn.Module, name: str, s: Tensor, g: SmoothGroup) -> No
             mod.weight.copy_((saved.float() * s).to(saved.dtype))
         else:  # Conv1D: weight [in, out]
             mod.weight.copy_((saved.float() * s[:, None]).to(saved.dtype))
-
-    def undo():
-        with torch.no_grad():
-            mod.weight.copy_(saved)
-    g.undo.append(undo)
+    return _restorer([(mod.weight, saved)])
 
 
-def _scale_rows(model: nn.Module, name: str, r: Tensor, g: SmoothGroup) -> None:
+def _scale_rows(model: nn.Module, name: str, r: Tensor) -> Undo:
     """Multiplies the layer's output rows (and bias) by r."""
     mod = model.get_submodule(name)
-    saved_w = mod.weight.detach().clone()
-    saved_b = None if mod.bias is None else mod.bias.detach().clone()
+    params = [t for t in (mod.weight, mod.bias) if t is not None]
+    saved = [t.detach().clone() for t in params]
     with torch.no_grad():
-        mod.weight.copy_((saved_w.float() * r[:, None]).to(saved_w.dtype))
-        if saved_b is not None:
-            mod.bias.copy_((saved_b.float() * r).to(saved_b.dtype))
-
-    def undo():
-        with torch.no_grad():
-            mod.weight.copy_(saved_w)
-            if saved_b is not None:
-                mod.bias.copy_(saved_b)
-    g.undo.append(undo)
+        mod.weight.copy_((saved[0].float() * r[:, None]).to(saved[0].dtype))
+        if len(params) == 2:
+            mod.bias.copy_((saved[1].float() * r).to(saved[1].dtype))
+    return _restorer(list(zip(params, saved)))
 
 
 def _inputs_and_output(model: nn.Module, names: Sequence[str], batch):
@@ -321,62 +316,72 @@ def _inputs_and_output(model: nn.Module, names: Sequence[str], batch):
     return got, out
 
 
-def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup]:
-    """Folds every "norm" and "linear" group that has factors into the model;
-    a fold that does not reproduce the float model's behaviour on ``batch`` is
-    undone and its group becomes "input" groups (one per member). Returns the
-    groups as they end up."""
-    folded = [n for g in groups if g.factors is not None and g.kind != "input"
-              for n in g.members]
-    norms = [g.source for g in groups if g.kind == "norm" and g.factors is not None]
-    seen, before = _inputs_and_output(model, folded + norms, batch)
-    for g in groups:
+def _fold_all(model: nn.Module, groups: List[SmoothGroup], seen: Dict[str, Tensor]):
+    """Folds every "norm" and "linear" group that has factors: (the groups,
+    a norm group that no form fits now "input"; the undo steps in the order
+    they were done)."""
+    groups = list(groups)
+    steps: List[Undo] = []
+    for i, g in enumerate(groups):
         if g.factors is None or g.kind == "input":
             continue
         if g.kind == "norm":
-            if not _fold_norm(model, g, g.factors, seen[g.source]):
-                g.kind = "input"
+            done = _fold_norm(model, g.source, g.factors, seen[g.source])
+            if done is None:
+                groups[i] = replace(g, kind="input")
                 continue
+            groups[i] = replace(g, form=done[0])
+            steps.append(done[1])
         else:
             cmap = g.channel_map
             n_src = model.get_submodule(g.source).out_features
             known = cmap >= 0
             r = torch.ones(n_src).scatter(0, cmap[known], 1.0 / g.factors[known])
-            _scale_rows(model, g.source, r, g)
-        for n in g.members:
-            _scale_columns(model, n, g.factors, g)
+            steps.append(_scale_rows(model, g.source, r))
+        steps.extend(_scale_columns(model, n, g.factors) for n in g.members)
+    return groups, steps
 
-    # Check: each folded layer now sees its old input divided by s, and the
-    # model's output is unchanged.
-    after_in, after = _inputs_and_output(model, folded, batch)
-    undone = False
-    for g in groups:
-        if g.kind == "input" or g.factors is None:
-            continue
-        if not all(outputs_close([after_in[n] * g.factors], [seen[n]]) for n in g.members):
-            for u in reversed(g.undo):
-                u()
-            g.undo.clear()
-            g.kind = "input"
-            undone = True
-    if undone:  # the output is checked with what remains folded
-        after = _inputs_and_output(model, [], batch)[1]
-    if not outputs_close(after, before):
-        for g in groups:
-            for u in reversed(g.undo):
-                u()
-            g.undo.clear()
-            if g.kind != "input":
-                g.kind = "input"
+
+def _unfold(steps: List[Undo]) -> None:
+    # last done, first undone: a layer can be both a group's member (its
+    # columns scaled) and another group's source (its rows scaled)
+    for u in reversed(steps):
+        u()
+
+
+def fold(model: nn.Module, groups: List[SmoothGroup], batch) -> List[SmoothGroup]:
+    """Folds every "norm" and "linear" group that has factors into the model;
+    a fold that does not reproduce the float model's behaviour on ``batch`` is
+    undone and its group becomes "input" groups (one per member). Returns the
+    groups as they end up (new ones; ``groups`` are not changed)."""
+    folded = [n for g in groups if g.factors is not None and g.kind != "input"
+              for n in g.members]
+    norms = [g.source for g in groups if g.kind == "norm" and g.factors is not None]
+    seen, before = _inputs_and_output(model, folded + norms, batch)
+    while True:
+        # Check: each folded layer now sees its old input divided by s. A
+        # group that does not is dropped, and the others folded again from
+        # the model as it was (undoing one group alone could undo part of
+        # another's fold in a layer they share).
+        done, steps = _fold_all(model, groups, seen)
+        after_in, after = _inputs_and_output(model, folded, batch)
+        bad = {i for i, g in enumerate(done) if g.kind != "input" and g.factors is not None
+               and not all(outputs_close([after_in[n] * g.factors], [seen[n]])
+                           for n in g.members)}
+        if not bad:
+            break
+        _unfold(steps)
+        groups = [replace(g, kind="input") if i in bad else g for i, g in enumerate(groups)]
+    if not outputs_close(after, before):  # the model's output changed: nothing folded
+        _unfold(steps)
+        done = [replace(g, kind="input", form="") for g in done]
     out: List[SmoothGroup] = []
-    for g in groups:
-        if g.kind == "input" and len(g.members) > 1:
-            # (each layer keeps the group's choice: its factors, or its rotation)
-            out.extend(SmoothGroup("input", [n], alpha=g.alpha, factors=g.factors,
-                                   hadamard_block=g.hadamard_block)
+    for g in done:
+        if g.kind == "input":
+            # one group per layer, each keeping the group's choice (its
+            # factors, or its rotation), applied in its quantize step
+            out.extend(replace(g, members=(n,), source="", form="", channel_map=None)
                        for n in g.members)
         else:
-            if g.kind == "input":
-                g.source, g.channel_map = "", None
             out.append(g)
     return out
