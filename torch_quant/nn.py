@@ -237,20 +237,57 @@ class QuantLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # Every value checked before anything changes (ValueError naming the key).
         mine = {name: state_dict[prefix + name] for name in self._buffers
                 if prefix + name in state_dict}
-        self.check_state(mine, "QuantLinear.load_state_dict", prefix)
-        # Load into a plain weight (what the file holds), then pack it again.
-        packed = ops.is_packed_weight(self.weight)
-        if packed:
-            self.weight = self.plain_weight()
-        try:
-            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                          missing_keys, unexpected_keys, error_msgs)
-        finally:
-            if packed:
-                self._relayout()
+        if not mine:  # nothing of this layer's: torch reports what is missing
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                                 missing_keys, unexpected_keys, error_msgs)
+        # Every value checked before anything changes (ValueError naming the
+        # key). The new weight is laid out first: packing it is the one pass
+        # over it, and gives the row sums that weight_sum is checked against.
+        where = "QuantLinear.load_state_dict"
+        self._check_values(mine, where, prefix)
+        assign = bool(local_metadata.get("assign_to_params_buffers", False))
+        weight = mine.get("weight")
+        if weight is not None:
+            weight = self._laid_out(weight, weight.device if assign else self.weight.device)
+        self._check_sums(self._row_sums(weight if weight is not None else self.weight),
+                         mine.get("weight_sum", self.weight_sum), where, prefix)
+        key = prefix + "weight"
+        super()._load_from_state_dict({k: v for k, v in state_dict.items() if k != key}, prefix,
+                                      local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if weight is not None:  # loaded here, in its layout
+            if key in missing_keys:
+                missing_keys.remove(key)
+            self.weight = weight
+
+    @staticmethod
+    def _laid_out(w: Tensor, device) -> Tensor:
+        """A new tensor holding the plain weight ``w`` as this layer holds it
+        on ``device`` (packed on CPU, plain elsewhere)."""
+        with torch.inference_mode(False), torch.no_grad():
+            w = w.detach()
+            if _packs(device) and not w.is_meta:
+                return ops.pack_weight(w.to(device))
+            return w.to(device, copy=True)
+
+    @staticmethod
+    def _row_sums(w: Tensor) -> Tensor:
+        """The row sums of the weight ``w`` (plain or packed: a packed weight
+        holds them, read from its sum row without a pass over the weight)."""
+        if not ops.is_packed_weight(w):
+            return w.sum(1, dtype=torch.int32)
+        # docs/semantics.md, "Packed weights": panels of 16 columns (the last
+        # may be narrower), each G rows of 4 bytes per column, the sums in
+        # row G - 2 as little-endian int32
+        n, g, _ = w.shape
+        flat = w.reshape(-1)
+        full = n // 16
+        parts = [flat[:full * 64 * g].view(full, g, 16, 4)[:, g - 2]]
+        if n % 16:
+            parts.append(flat[full * 64 * g:].view(1, g, n % 16, 4)[:, g - 2])
+        return torch.cat([p.reshape(-1, 4) for p in parts]).view(torch.int32).reshape(n)
 
     def check_state(self, state: dict, where: str, prefix: str = "") -> None:
         """ValueError naming the key unless ``state`` (this layer's tensors by
@@ -259,13 +296,25 @@ class QuantLinear(nn.Module):
         buffers, the weight plain ``[out, in]``, every scale and smoothing
         factor finite and > 0 with a finite reciprocal, ``weight_sum`` the
         weight's row sums, a finite bias, and the input zero point that of
-        ``act_mode`` (0 symmetric, [0, 255] asymmetric). Reads only."""
-        def get(name):
-            t = state.get(name)
-            if t is None and name == "weight":
-                return self.plain_weight()
-            return t if t is not None else self._buffers.get(name)
+        ``act_mode`` (0 symmetric, [0, 255] asymmetric). Reads only; the row
+        sums of a weight in ``state`` take one pass over it."""
+        self._check_values(state, where, prefix)
+        self._check_sums(self._row_sums(state.get("weight", self.weight)),
+                         state.get("weight_sum", self.weight_sum), where, prefix)
 
+    def _check_sums(self, sums: Tensor, weight_sum: Tensor, where: str, prefix: str) -> None:
+        if sums.is_meta or weight_sum.is_meta:
+            return  # no values to check
+        weight_sum = weight_sum.detach().to(sums.device)
+        wrong = (sums != weight_sum).nonzero()
+        if len(wrong):
+            i = wrong[0, 0].item()
+            raise ValueError(f"{where}: {prefix}weight_sum must hold the weight's row sums, but "
+                             f"[{i}] is {weight_sum[i].item()} and row {i} of the weight sums to "
+                             f"{sums[i].item()}")
+
+    def _check_values(self, state: dict, where: str, prefix: str) -> None:
+        """check_state's checks but the row sums: O(out + in)."""
         def fail(name, what):
             raise ValueError(f"{where}: {prefix}{name} {what}")
 
@@ -275,9 +324,13 @@ class QuantLinear(nn.Module):
                   "input_scale": ((), torch.float32), "input_zero_point": ((), torch.int32),
                   "input_smooth": ((k,), torch.float32)}
         for name, (shape, dtype) in shapes.items():
-            t = get(name) if name in self._buffers and self._buffers[name] is not None else None
-            if t is None:
+            if self._buffers.get(name) is None:
                 continue
+            t = state.get(name)
+            if t is None:
+                if name == "weight":
+                    continue  # the layer's own, packed or plain as it holds it
+                t = self._buffers[name]
             if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
                 got = (f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor)
                        else type(t).__name__)
@@ -294,13 +347,6 @@ class QuantLinear(nn.Module):
                                f"{t.flatten()[i].item()}" + (f" at index {i}" if t.dim() else ""))
             elif name == "bias" and not torch.isfinite(t).all():
                 fail(name, "must be finite, got NaN or inf")
-            elif name == "weight_sum":
-                sums = get("weight").detach().to(t.device).sum(1, dtype=torch.int32)
-                wrong = (sums != t).nonzero()
-                if len(wrong):
-                    i = wrong[0, 0].item()
-                    fail(name, f"must hold the weight's row sums, but [{i}] is {t[i].item()} "
-                               f"and row {i} of the weight sums to {sums[i].item()}")
             elif name == "input_zero_point":
                 z = t.item()
                 lo, hi = (0, 0) if self.act_mode == "symmetric" else (0, 255)
@@ -376,7 +422,8 @@ def check_model_state(model: nn.Module, state_dict, prefix: str, local_metadata,
         if isinstance(q, QuantLinear):
             p = f"{name}." if name else ""
             mine = {b: state_dict[p + b] for b in q._buffers if p + b in state_dict}
-            q.check_state(mine, "load_state_dict", p)
+            if mine:  # (a layer given nothing keeps its state)
+                q.check_state(mine, "load_state_dict", p)
 
 
 def watch_loads(model: nn.Module) -> None:

@@ -357,3 +357,40 @@ def test_whole_model_load_state_dict_checks_every_layer_first():
     state["4.input_scale"] = model.state_dict()["4.input_scale"]
     model.load_state_dict(state)  # the good values load
     assert torch.equal(model[0].bias, snap[1]["0.bias"] + 1.0)
+
+
+def test_every_load_passes_over_each_weight_once_for_its_sums(tmp_path, monkeypatch):
+    """The weight-sum check reads each layer's weight once per load: the
+    whole-model pre-hook's check (or tq.load's own), while the layer's load
+    takes the sums from the packing it does anyway (no pass of its own)."""
+    src = tq.quantize_model(mlp(0), "symmetric", "per_tensor", calib(), progress=False)
+    path = tmp_path / "m.safetensors"
+    tq.save(src, path)
+    passes = []
+    real = QuantLinear._row_sums
+
+    def counted(w):
+        if w.dim() == 2:  # a plain weight: a pass over it (a packed one holds its sums)
+            passes.append(tuple(w.shape))
+        return real(w)
+    monkeypatch.setattr(QuantLinear, "_row_sums", staticmethod(counted))
+    layers = [(33, 17), (7, 33), (5, 7)]
+
+    model = tq.quantize_model(mlp(1), "symmetric", "per_tensor", calib(), progress=False)
+    passes.clear()
+    model.load_state_dict(src.state_dict())
+    assert sorted(passes) == sorted(layers)
+    for target in (model, mlp(2)):  # quantized, and float
+        passes.clear()
+        tq.load(target, path)
+        assert sorted(passes) == sorted(layers)
+        x = calib(1)[0]
+        assert torch.equal(target(x), src(x))
+    passes.clear()
+    model[0].load_state_dict({k.split(".", 1)[1]: v for k, v in src.state_dict().items()
+                              if k.startswith("0.")})
+    assert passes == []
+    # and the packed sums the layer's load compares are the weight's
+    w = torch.randint(-128, 128, (37, 21), dtype=torch.int8)
+    for n in (0, 1, 16, 17, 37):
+        assert torch.equal(real(tq.ops.pack_weight(w[:n])), real(w[:n])), n

@@ -271,6 +271,15 @@ def load_layers(model: nn.Module, layers: dict, tensors: Dict[str, Tensor], wher
         q.train(model.get_submodule(name).training)
     for name, q in replacements.items():
         set_module(model, name, q)
+    # Everything is checked: each quantized layer loads its own entries (its
+    # load lays the weight out, the one pass over it left), the rest of the
+    # model the others (its load_state_dict hooks see no quantized layer's).
+    quant = {n for n, m in model.named_modules(remove_duplicate=False)
+             if isinstance(m, QuantLinear)}
+    model.load_state_dict({k: t for k, t in tensors.items()
+                           if k.rpartition(".")[0] not in quant}, strict=False)
+    for name, q in checked.items():
+        q.load_state_dict({b: tensors[f"{name}.{b}"] for b in q._buffers
+                           if f"{name}.{b}" in tensors}, strict=True)
     watch_loads(model)
-    model.load_state_dict(tensors, strict=True)
     return model
