@@ -133,7 +133,7 @@ class Weights:
             self.ours_smooth = [tq.QuantLinear.from_float(linear_module(w), smooth=smooth)
                                 for _ in range(copies)]
             # the largest Hadamard block up to 2048 (what conversion picks)
-            block = tq.nn.largest_hadamard_block(K)
+            block = tq.hadamard.largest_hadamard_block(K)
             self.ours_hadamard = [tq.QuantLinear.from_float(linear_module(w), hadamard_block=block)
                                   for _ in range(copies)] if block else []
             self.plain = [self.w_q.clone() for _ in range(copies)]

@@ -176,7 +176,7 @@ def test_dynamic_hadamard_with_rotated_weight_keeps_the_product(gen, mode):
     want = x @ w.t()
     errs = {}
     for block in (0, 256):
-        w_r = tq.nn.rotated_weight(w, block) if block else w
+        w_r = tq.hadamard.rotated_weight(w, block) if block else w
         s, z = tq.choose_qparams(w_r, "symmetric", axis=0)
         w_q = tq.quantize(w_r, s, z, "symmetric", axis=0)
         y = tq.dynamic_quantized_linear(x, w_q, s, None, None, mode, None, block)

@@ -16,7 +16,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..nn import ACT_MODES, QuantLinear, set_module
+from ..float_layers import set_module
+from ..nn import ACT_MODES, QuantLinear
 from .running import flat_outputs, run_model
 
 __all__ = ["choose_mode", "check_auto"]

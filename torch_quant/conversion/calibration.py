@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ..hadamard import hadamard_rows
-from ..nn import float_weight_and_bias, largest_hadamard_block
+from ..float_layers import float_weight_and_bias
+from ..hadamard import largest_hadamard_block
 from .running import run_model
 
 __all__ = ["SAMPLE_ROWS", "Observer", "calibrate", "static_range"]

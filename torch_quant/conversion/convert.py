@@ -19,8 +19,8 @@ from ..hadamard import hadamard_rows
 from .auto import check_auto, choose_mode
 from .calibration import calibrate, static_range
 from .config import QuantConfig
-from ..nn import (ACT_MODES, QuantLinear, float_weight_and_bias, is_conv1d, quantized_layers,
-                 set_module, transformed_weight, watch_loads)
+from ..float_layers import float_weight_and_bias, is_conv1d, set_module, transformed_weight
+from ..nn import ACT_MODES, QuantLinear, quantized_layers, watch_loads
 from .smoothing import (SmoothGroup, choose_alpha, choose_rotation, find_groups, fold,
                         probe_batch, smoothing_factors)
 from .running import flat_outputs, run_model

@@ -52,7 +52,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..hadamard import hadamard_rows
-from ..nn import float_weight_and_bias, largest_hadamard_block, transformed_weight
+from ..float_layers import float_weight_and_bias, transformed_weight
+from ..hadamard import largest_hadamard_block
 
 # The groups and the folding live in smoothing_groups.py (re-exported here).
 from .smoothing_groups import SmoothGroup, find_groups, fold, probe_batch  # noqa: F401

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from .calibration import Observer
-from ..nn import QuantLinear, float_weight_and_bias
+from ..float_layers import float_weight_and_bias
+from ..nn import QuantLinear
 
 __all__ = ["static_qparams", "fake_quantize", "sqnr_db", "range_utilization",
            "act_range_utilization", "output_mse"]

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..nn import QuantLinear, float_weight_and_bias, is_conv1d, quantized_layers
+from ..float_layers import float_weight_and_bias, is_conv1d
+from ..nn import QuantLinear, quantized_layers
 from .serialization import _held_tensors, _ident, load_layers
 
 __all__ = ["save_compressed_tensors", "load_compressed_tensors", "compressed_tensors_config"]

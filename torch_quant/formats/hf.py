@@ -46,7 +46,8 @@ except ImportError as e:  # transformers missing, or older than 5
 from .. import __version__, ops
 from ..conversion.config import QuantConfig
 from ..conversion.convert import _targets, quantize_
-from ..nn import QuantLinear, quantized_layers, set_module
+from ..float_layers import set_module
+from ..nn import QuantLinear, quantized_layers
 from .serialization import _check_metadata, _settings
 
 __all__ = ["QUANT_METHOD", "TorchQuantConfig", "TorchQuantHfQuantizer", "mark_quantized"]

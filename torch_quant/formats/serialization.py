@@ -18,9 +18,9 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..nn import (ACT_GRANULARITIES, ACT_MODES, QuantLinear, check_hadamard_block,
-                 float_weight_and_bias, is_conv1d, quantized_layers, set_module,
-                 watch_loads)
+from ..float_layers import float_weight_and_bias, is_conv1d, set_module
+from ..hadamard import check_hadamard_block
+from ..nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, quantized_layers, watch_loads
 
 __all__ = ["save", "load"]
 
