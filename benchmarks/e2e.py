@@ -147,7 +147,7 @@ def quantize_ours(model: nn.Module, act_mode: str, warm: Callable[[nn.Module], N
     gc.collect()
     trim_heap()
     info.update(rss_after=rss_bytes(), bytes_after=held_bytes(m),
-                int8_weight_bytes=sum(q.weight.nbytes for q in m.modules()
+                int8_weight_bytes=sum(q.weight.packed.nbytes for q in m.modules()
                                       if isinstance(q, tq.QuantLinear)))
     with torch.inference_mode():
         warm(m)

@@ -143,7 +143,7 @@ class Weights:
                                (self.w_q.clone() for _ in range(copies))]
             self.int_mm = [self.w_q.clone() for _ in range(copies)] if peers.int_mm else []
             self.w8 = [self.w_q.clone() for _ in range(copies)] if peers.w8pack else []
-        self.packed_nbytes = self.ours["symmetric"][0].weight.nbytes
+        self.packed_nbytes = self.ours["symmetric"][0].weight.packed.nbytes
         self.built: Dict[str, object] = {}  # key: modules, or ("error", details)
         if peers.quantize_dynamic is not None:
             quantize_dynamic, per_channel = peers.quantize_dynamic

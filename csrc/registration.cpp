@@ -1,6 +1,7 @@
 // Every schema of the torch_quant namespace, in one place (docs/semantics.md, "Operators").
 // Backends register implementations with TORCH_LIBRARY_IMPL in csrc/cpu/ and
-// csrc/cuda/; fake (meta) kernels live in torch_quant/fake_kernels.py.
+// csrc/cuda/ (the gradients, csrc/autograd.cpp, for every device); fake (meta)
+// kernels live in torch_quant/ops/fake_kernels.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(torch_quant, m) {
@@ -14,4 +15,6 @@ TORCH_LIBRARY(torch_quant, m) {
         "Tensor? w_sum=None, str act_mode=\"symmetric\", Tensor? smooth=None, int hadamard_block=0) -> Tensor");
   m.def("pack_weight(Tensor w_q) -> Tensor");
   m.def("unpack_weight(Tensor w_packed, int K) -> Tensor");
+  m.def("quantized_linear_grad_x(Tensor grad_out, Tensor w_q, Tensor w_scale, int K, "
+        "Tensor? smooth=None, int hadamard_block=0, ScalarType? out_dtype=None) -> Tensor");
 }

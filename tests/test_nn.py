@@ -41,9 +41,12 @@ def test_from_float_buffers(gen, K, bias, granularity):
     q = QuantLinear.from_float(lin, "asymmetric", granularity, **kw)
 
     assert (q.in_features, q.out_features) == (K, N)
-    # held packed on CPU (tq.pack_weight), plain [N, K] through plain_weight()
-    assert q.weight.dtype == torch.int8 and q.weight.shape == (N, (K + 3) // 4 + 2, 4)
-    assert_same(q.weight, tq.pack_weight(q.plain_weight()), "packed weight")
+    # [N, K] int8 as nn.Linear's, held packed on CPU (tq.pack_weight), plain
+    # through plain_weight()
+    assert q.weight.dtype == torch.int8 and q.weight.shape == (N, K)
+    assert isinstance(q.weight, nn.Parameter) and not q.weight.requires_grad
+    assert q.weight.packed.shape == (N, (K + 3) // 4 + 2, 4)
+    assert_same(q.weight.packed, tq.pack_weight(q.plain_weight()), "packed weight")
     assert q.plain_weight().shape == (N, K)
     assert q.weight_scale.dtype == torch.float32 and q.weight_scale.shape == (N,)
     assert q.weight_sum.dtype == torch.int32 and q.weight_sum.shape == (N,)

@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from . import ops
 from .float_layers import float_weight_and_bias, transformed_weight
 from .hadamard import check_hadamard_block, hadamard_rows
+from .packed_weight import PackedWeight
 
-__all__ = ["QuantLinear", "ACT_MODES", "ACT_GRANULARITIES"]
+__all__ = ["QuantLinear", "PackedWeight", "ACT_MODES", "ACT_GRANULARITIES"]
 
 ACT_MODES = ("symmetric", "asymmetric")
 ACT_GRANULARITIES = ("per_token", "per_tensor")
@@ -41,14 +42,15 @@ class QuantLinear(nn.Module):
     """``y = x W^T + b`` with W int8 (symmetric, per output channel) and x
     quantized per token or per tensor, symmetric or asymmetric.
 
-    Buffers (all in ``state_dict``): ``weight`` int8 ``[out, in]`` (in memory
-    on CPU it is held packed, ``[out, ceil(in / 4) + 2, 4]``, see
-    ``ops.pack_weight``; :meth:`plain_weight` gives ``[out, in]`` anywhere),
+    Parameters, as ``nn.Linear``'s: ``weight`` int8 ``[out, in]``, frozen
+    (``requires_grad=False``; on CPU a :class:`PackedWeight` whose memory is
+    the packed ``[out, ceil(in / 4) + 2, 4]`` layout of ``ops.pack_weight``,
+    the only copy), and ``bias`` float32 ``[out]`` or None. Buffers (all in
+    ``state_dict``, with the weight plain ``[out, in]``):
     ``weight_scale`` float32 ``[out]``, ``weight_sum`` int32 ``[out]`` (row sums
     of ``weight``, checked on load; kept in the state dict and files for
     readers of the format, not passed to the ops, which use the packed
-    weight's sums or compute them), ``bias`` float32
-    ``[out]`` or None, for ``act_granularity="per_tensor"`` the 0-dim
+    weight's sums or compute them), for ``act_granularity="per_tensor"`` the 0-dim
     ``input_scale`` (float32) and ``input_zero_point`` (int32), and with
     ``smooth=True`` ``input_smooth`` float32 ``[in]``: the input is multiplied
     by it before it is quantized (activation smoothing whose factors could
@@ -64,14 +66,24 @@ class QuantLinear(nn.Module):
     the input's dtype. Build one with :meth:`from_float`.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  act_mode: str = "symmetric", act_granularity: str = "per_token",
-                 device: Optional[torch.device] = None, smooth: bool = False,
-                 hadamard_block: int = 0) -> None:
+                 smooth: bool = False, hadamard_block: int = 0,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+                 ) -> None:
+        """An empty layer (weight 0, scales 1) to load a state dict into;
+        :meth:`from_float` makes one from a float layer. ``device`` as
+        ``nn.Linear``'s; ``dtype`` is accepted as ``nn.Linear``'s (a float
+        dtype) and changes nothing: the weight is int8, its scales and the
+        bias float32 whatever the model's dtype, and the layer computes in
+        its input's dtype."""
         super().__init__()
         check_setting("QuantLinear", "act_mode", act_mode, ACT_MODES)
         check_setting("QuantLinear", "act_granularity", act_granularity, ACT_GRANULARITIES)
         check_hadamard_block("QuantLinear", hadamard_block, in_features)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"QuantLinear: dtype must be a float dtype (as nn.Linear's), got "
+                            f"{dtype!r}")
         self.hadamard_block = int(hadamard_block)
         self.in_features = int(in_features)
         self.out_features = int(out_features)
@@ -81,14 +93,15 @@ class QuantLinear(nn.Module):
         # load_state_dict can write them later outside it.
         with torch.inference_mode(False):
             w = torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
-            self.register_buffer("weight", ops.pack_weight(w) if _packs(w.device) else w)
+            self._set_codes(w)
             # float32 whatever the default dtype (Hugging Face builds models
             # under a bf16 / fp16 default)
             f32 = dict(dtype=torch.float32, device=device)
+            self.register_parameter("bias", nn.Parameter(torch.zeros(out_features, **f32))
+                                    if bias else None)
             self.register_buffer("weight_scale", torch.ones(out_features, **f32))
             self.register_buffer("weight_sum", torch.zeros(out_features, dtype=torch.int32,
                                                            device=device))
-            self.register_buffer("bias", torch.zeros(out_features, **f32) if bias else None)
             if act_granularity == "per_tensor":
                 self.register_buffer("input_scale", torch.ones((), **f32))
                 self.register_buffer("input_zero_point",
@@ -126,21 +139,15 @@ class QuantLinear(nn.Module):
                                  f"finite factors > 0, got shape {tuple(smooth.shape)}")
         if smooth is not None or hadamard_block:
             weight = transformed_weight(weight, smooth, hadamard_block)
-        q = cls(in_features, out_features, bias is not None, act_mode, act_granularity,
-                device=weight.device, smooth=smooth is not None, hadamard_block=hadamard_block)
+        q = cls(in_features, out_features, bias is not None, act_mode=act_mode,
+                act_granularity=act_granularity, device=weight.device,
+                smooth=smooth is not None, hadamard_block=hadamard_block)
         if act_granularity == "per_tensor" and (input_scale is None or input_zero_point is None):
             raise ValueError("QuantLinear.from_float: act_granularity='per_tensor' needs "
                              "input_scale and input_zero_point (calibrate with "
                              "tq.quantize_(model, config, calibration_data))")
+        q._quantize_weight(weight.detach(), "QuantLinear.from_float")
         with torch.inference_mode(False), torch.no_grad():
-            w = weight.detach().float()
-            if not torch.isfinite(w).all():
-                raise ValueError("QuantLinear.from_float: the weight holds NaN or inf")
-            scale, zp = ops.choose_qparams(w, "symmetric", axis=0)
-            w_q = ops.quantize(w, scale, zp, "symmetric", axis=0)
-            q.weight = ops.pack_weight(w_q) if ops.is_packed_weight(q.weight) else w_q
-            q.weight_scale.copy_(scale)
-            q.weight_sum.copy_(w_q.sum(1, dtype=torch.int32))
             if bias is not None:
                 q.bias.copy_(bias.detach().float())
             if smooth is not None:
@@ -157,27 +164,32 @@ class QuantLinear(nn.Module):
             raise TypeError(f"QuantLinear: input must be float32, float16 or bfloat16, "
                             f"got {x.dtype}")
         # At decode sizes the Python around the op is a visible share of a
-        # call: the op is called directly, and the buffers are read from
-        # _buffers (nn.Module.__getattr__ costs ~0.5 us a name).
-        b = self._buffers
-        w = b["weight"]
+        # call: the op is called directly, and the tensors are read from
+        # _parameters / _buffers (nn.Module.__getattr__ costs ~0.5 us a name).
+        p, b = self._parameters, self._buffers
+        w = p["weight"]
+        if type(w) is PackedWeight:
+            w = w.packed
         # No w_sum: a packed weight holds its sums, and with a plain one (CUDA)
         # the op would check a given w_sum with a pass over the weight, the
         # same pass that computes the sums when it needs them (CUDA: uint8
         # activations, and static ones, whose zero point it does not read).
-        w_sum = None
         smooth = b.get("input_smooth")
         if self.act_granularity == "per_token":
-            return _DYNAMIC_LINEAR(x, w, b["weight_scale"], b["bias"], w_sum, self.act_mode, smooth,
+            return _DYNAMIC_LINEAR(x, w, b["weight_scale"], p["bias"], None, self.act_mode, smooth,
                                    self.hadamard_block)
-        dtype = x.dtype
+        x_in = x
         if smooth is not None:  # as the fused op does it: x.float() * smooth, in float32
             x = x.float() * smooth
         if self.hadamard_block:  # likewise, then the rotation (in Python here)
             x = hadamard_rows(x.float(), self.hadamard_block)
         x_q = ops.quantize(x, b["input_scale"], b["input_zero_point"], self.act_mode)
-        return ops.quantized_linear(x_q, b["input_scale"], b["input_zero_point"], w,
-                                    b["weight_scale"], b["bias"], w_sum, out_dtype=dtype)
+        y = ops.quantized_linear(x_q, b["input_scale"], b["input_zero_point"], w,
+                                 b["weight_scale"], p["bias"], None, out_dtype=x_in.dtype)
+        if x_in.requires_grad and torch.is_grad_enabled():
+            # x_q is integer: x's gradient goes around quantize (straight through)
+            y = _StraightThrough.apply(x_in, y, w, b["weight_scale"], smooth, self.hadamard_block)
+        return y
 
     @property
     def stats(self) -> Mapping:
@@ -193,51 +205,132 @@ class QuantLinear(nn.Module):
         self._stats = dict(stats)
 
     def plain_weight(self) -> Tensor:
-        """The int8 weight codes as ``[out, in]`` (a new tensor when held packed)."""
-        if ops.is_packed_weight(self.weight):
-            return ops.unpack_weight(self.weight, self.in_features)
-        return self.weight
+        """The int8 weight codes as a plain ``[out, in]`` tensor (a new one
+        when held packed)."""
+        w = self._parameters["weight"]
+        return w.unpack() if isinstance(w, PackedWeight) else w.detach()
 
     def dequantized_weight(self) -> Tensor:
         """The float32 weight these codes stand for, ``[out, in]``."""
         return self.plain_weight().float() * self.weight_scale[:, None]
 
+    def state_names(self) -> List[str]:
+        """The names of this layer's ``state_dict`` entries."""
+        return [n for n, t in [*self._parameters.items(), *self._buffers.items()] if t is not None]
+
+    def __setattr__(self, name: str, value) -> None:
+        # weight = a tensor (Hugging Face's tie_weights() assigns the input
+        # embedding's float Parameter to the output head): the layer stays
+        # int8 and takes the value as its weight, through its quantization.
+        if name == "weight" and isinstance(value, Tensor) and "weight" in self._parameters:
+            self._assign_weight(value)
+        else:
+            super().__setattr__(name, value)
+
+    def _assign_weight(self, value: Tensor) -> None:
+        """A float ``[out, in]`` weight is quantized as :meth:`from_float`
+        quantizes one (with this layer's smoothing and rotation; the scales
+        follow); int8 codes replace the codes (the row sums follow, the scales
+        stay)."""
+        shape = (self.out_features, self.in_features)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"QuantLinear: weight must have shape {shape}, got "
+                             f"{tuple(value.shape)}")
+        value = value.detach()
+        if value.is_floating_point():
+            smooth = self._buffers.get("input_smooth")
+            self._quantize_weight(transformed_weight(
+                value, None if smooth is None else 1.0 / smooth.to(value.device),
+                self.hadamard_block))
+        elif value.dtype == torch.int8:
+            self._set_codes(value)
+            with torch.inference_mode(False), torch.no_grad():
+                self.weight_sum.copy_(self._row_sums(self._parameters["weight"]))
+        else:
+            raise TypeError(f"QuantLinear: weight must be a float or int8 tensor, got "
+                            f"{value.dtype}")
+
+    def _quantize_weight(self, w: Tensor, where: str = "QuantLinear") -> None:
+        """Codes, scales and sums of the float weight ``w`` (already smoothed
+        and rotated): symmetric, per output channel."""
+        with torch.inference_mode(False), torch.no_grad():
+            w = w.float()
+            if not torch.isfinite(w).all():
+                raise ValueError(f"{where}: the weight holds NaN or inf")
+            scale, zp = ops.choose_qparams(w, "symmetric", axis=0)
+            w_q = ops.quantize(w, scale, zp, "symmetric", axis=0)
+            self._set_codes(w_q)
+            self.weight_scale.copy_(scale)
+            self.weight_sum.copy_(w_q.sum(1, dtype=torch.int32))
+
+    def _set_codes(self, w_q: Tensor) -> None:
+        """The int8 codes ``w_q`` (plain ``[out, in]``) as the weight, laid
+        out for their device."""
+        self._set_weight(self._laid_out(w_q, w_q.device))
+
+    def _set_weight(self, w: Tensor) -> None:
+        """``w`` (laid out) as the frozen weight Parameter."""
+        self._parameters["weight"] = as_parameter(w)
+
     # The weight's in-memory layout follows its device: packed where the CPU
     # kernels read it, plain elsewhere. Files and state_dict hold it plain.
 
     def _relayout(self) -> None:
-        w = self.weight
-        if ops.is_packed_weight(w) != _packs(w.device):
-            with torch.inference_mode(False), torch.no_grad():
-                self.weight = (ops.pack_weight(w) if _packs(w.device)
-                               else ops.unpack_weight(w, self.in_features))
+        w = self._parameters["weight"]
+        if isinstance(w, PackedWeight) != _packs(w.device):
+            self._set_codes(self.plain_weight())
 
     def _apply(self, fn, recurse=True):
-        # Buffers follow .to(device) / .cuda() / .cpu(), never a dtype change
-        # (model.half(), model.to(torch.bfloat16)): the scales, sums and bias
-        # stay float32 / int32 as the format defines them; only the input and
-        # output follow the input's dtype. A buffer whose dtype fn changes is
-        # moved from its original instead.
-        before = {k: t for k, t in self._buffers.items() if t is not None}
-
+        # The tensors follow .to(device) / .cuda() / .cpu() / share_memory(),
+        # never a dtype change (model.half(), model.to(torch.bfloat16)): the
+        # weight stays int8, the scales, sums and bias float32 / int32 as the
+        # format defines them; only the input and output follow the input's
+        # dtype. A tensor whose dtype fn changes is moved from its original
+        # instead. A packed weight is given to fn as its packed tensor (no
+        # dispatch through PackedWeight), and laid out again for the device
+        # it lands on.
         def keep_dtype(t):
             out = fn(t)
-            for orig in before.values():
-                if orig is t and out.dtype != t.dtype:
-                    return t.to(out.device)
-            return out
-        super()._apply(keep_dtype, recurse)
+            return t.to(out.device) if out.dtype != t.dtype else out
+
+        with torch.no_grad():
+            for name, t in self._buffers.items():
+                if t is not None:
+                    self._buffers[name] = keep_dtype(t)
+            bias = self._parameters["bias"]
+            if bias is not None:
+                moved = keep_dtype(bias)
+                if moved is not bias:
+                    new = nn.Parameter(moved, requires_grad=bias.requires_grad)
+                    if bias.grad is not None:
+                        new.grad = keep_dtype(bias.grad)
+                    self._parameters["bias"] = new
+            w = self._parameters["weight"]
+            if isinstance(w, PackedWeight):
+                packed = keep_dtype(w.packed)
+                if packed is not w.packed:
+                    self._set_weight(PackedWeight(packed, self.in_features) if _packs(packed.device)
+                                     else ops.unpack_weight(packed, self.in_features))
+            else:
+                moved = keep_dtype(w)
+                if moved is not w:
+                    self._set_weight(moved)
         self._relayout()
         return self
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if ops.is_packed_weight(self.weight):
-            destination[prefix + "weight"] = self.plain_weight()
+        # (nn.Module's would detach the weight, a call through PackedWeight's
+        # dispatch: its first one imports torch.distributed.tensor, ~40 MB)
+        for name, t in [*self._parameters.items(), *self._buffers.items()]:
+            if t is None or name in self._non_persistent_buffers_set:
+                continue
+            if name == "weight" and isinstance(t, PackedWeight):
+                t = self.plain_weight()
+            destination[prefix + name] = t if keep_vars else t.detach()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        mine = {name: state_dict[prefix + name] for name in self._buffers
+        mine = {name: state_dict[prefix + name] for name in self.state_names()
                 if prefix + name in state_dict}
         if not mine:  # nothing of this layer's: torch reports what is missing
             return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
@@ -260,29 +353,31 @@ class QuantLinear(nn.Module):
         if weight is not None:  # loaded here, in its layout
             if key in missing_keys:
                 missing_keys.remove(key)
-            self.weight = weight
+            self._set_weight(weight)
 
     @staticmethod
     def _laid_out(w: Tensor, device) -> Tensor:
         """A new tensor holding the plain weight ``w`` as this layer holds it
-        on ``device`` (packed on CPU, plain elsewhere)."""
+        on ``device``: a :class:`PackedWeight` on CPU, plain elsewhere."""
         with torch.inference_mode(False), torch.no_grad():
             w = w.detach()
             if _packs(device) and not w.is_meta:
-                return ops.pack_weight(w.to(device))
+                return PackedWeight.pack(w.to(device))
             return w.to(device, copy=True)
 
     @staticmethod
     def _row_sums(w: Tensor) -> Tensor:
-        """The row sums of the weight ``w`` (plain or packed: a packed weight
-        holds them, read from its sum row without a pass over the weight)."""
-        if not ops.is_packed_weight(w):
-            return w.sum(1, dtype=torch.int32)
+        """The row sums of the weight ``w`` (plain or a PackedWeight: a packed
+        weight holds them, read from its sum row without a pass over the
+        weight)."""
+        if not isinstance(w, PackedWeight):
+            return w.detach().sum(1, dtype=torch.int32)
         # docs/semantics.md, "Packed weights": panels of 16 columns (the last
         # may be narrower), each G rows of 4 bytes per column, the sums in
         # row G - 2 as little-endian int32
-        n, g, _ = w.shape
-        flat = w.reshape(-1)
+        packed = w.packed
+        n, g, _ = packed.shape
+        flat = packed.reshape(-1)
         full = n // 16
         parts = [flat[:full * 64 * g].view(full, g, 16, 4)[:, g - 2]]
         if n % 16:
@@ -323,14 +418,15 @@ class QuantLinear(nn.Module):
                   "weight_sum": ((n,), torch.int32), "bias": ((n,), torch.float32),
                   "input_scale": ((), torch.float32), "input_zero_point": ((), torch.int32),
                   "input_smooth": ((k,), torch.float32)}
+        held = dict([*self._parameters.items(), *self._buffers.items()])
         for name, (shape, dtype) in shapes.items():
-            if self._buffers.get(name) is None:
+            if held.get(name) is None:
                 continue
             t = state.get(name)
             if t is None:
                 if name == "weight":
                     continue  # the layer's own, packed or plain as it holds it
-                t = self._buffers[name]
+                t = held[name]
             if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
                 got = (f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor)
                        else type(t).__name__)
@@ -361,6 +457,16 @@ class QuantLinear(nn.Module):
                 + (f", hadamard_block={self.hadamard_block}" if self.hadamard_block else ""))
 
 
+def as_parameter(w: Tensor) -> nn.Parameter:
+    """``w`` as a frozen Parameter. A PackedWeight is marked as one in place,
+    as ``nn.Parameter`` marks a tensor subclass, without its ``detach`` (a
+    call through the subclass's dispatch)."""
+    if isinstance(w, PackedWeight):
+        w._is_param = True
+        return w
+    return nn.Parameter(w, requires_grad=False)
+
+
 def _packs(device) -> bool:
     """Whether QuantLinear holds its weight packed on ``device`` (the CPU kernels'
     layout; the CUDA kernels read plain weights)."""
@@ -381,7 +487,7 @@ def check_model_state(model: nn.Module, state_dict, prefix: str, local_metadata,
     for name, q in model.named_modules(prefix=prefix.rstrip(".")):
         if isinstance(q, QuantLinear):
             p = f"{name}." if name else ""
-            mine = {b: state_dict[p + b] for b in q._buffers if p + b in state_dict}
+            mine = {b: state_dict[p + b] for b in q.state_names() if p + b in state_dict}
             if mine:  # (a layer given nothing keeps its state)
                 q.check_state(mine, "load_state_dict", p)
 
@@ -392,3 +498,22 @@ def watch_loads(model: nn.Module) -> None:
     hooks = getattr(model, "_load_state_dict_pre_hooks", {}).values()
     if not any(getattr(h, "hook", h) is check_model_state for h in hooks):
         model.register_load_state_dict_pre_hook(check_model_state)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """y (a static layer's output) unchanged, and x's gradient as if x's
+    quantization were the identity: ``ops.quantized_linear_grad_x``, the same
+    formula as the fused op's gradient (csrc/autograd.cpp)."""
+
+    @staticmethod
+    def forward(ctx, x, y, w, w_scale, smooth, hadamard_block):
+        ctx.save_for_backward(w, w_scale, smooth)
+        ctx.in_features, ctx.hadamard_block, ctx.x_dtype = x.shape[-1], hadamard_block, x.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        w, w_scale, smooth = ctx.saved_tensors
+        grad_x = ops.quantized_linear_grad_x(grad_y, w, w_scale, ctx.in_features, smooth,
+                                             ctx.hadamard_block, ctx.x_dtype)
+        return grad_x, grad_y, None, None, None, None

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import torch_quant as tq
-from torch_quant.nn import QuantLinear
+from torch_quant.nn import PackedWeight, QuantLinear
 
 from conftest import assert_untouched, snapshot
 
@@ -370,7 +370,7 @@ def test_every_load_passes_over_each_weight_once_for_its_sums(tmp_path, monkeypa
     real = QuantLinear._row_sums
 
     def counted(w):
-        if w.dim() == 2:  # a plain weight: a pass over it (a packed one holds its sums)
+        if not isinstance(w, PackedWeight):  # a plain weight: a pass (a packed one holds its sums)
             passes.append(tuple(w.shape))
         return real(w)
     monkeypatch.setattr(QuantLinear, "_row_sums", staticmethod(counted))
@@ -393,4 +393,4 @@ def test_every_load_passes_over_each_weight_once_for_its_sums(tmp_path, monkeypa
     # and the packed sums the layer's load compares are the weight's
     w = torch.randint(-128, 128, (37, 21), dtype=torch.int8)
     for n in (0, 1, 16, 17, 37):
-        assert torch.equal(real(tq.ops.pack_weight(w[:n])), real(w[:n])), n
+        assert torch.equal(real(PackedWeight.pack(w[:n])), real(w[:n])), n

@@ -322,11 +322,11 @@ def test_packed_weights_on_cuda():
     with pytest.raises(RuntimeError, match="packed w_q .* is a CPU layout"):
         tq.dynamic_quantized_linear(x, packed.cuda(), torch.ones(37, device="cuda"))
     q = tq.QuantLinear.from_float(torch.nn.Linear(29, 37))
-    assert tq.is_packed_weight(q.weight)
+    assert isinstance(q.weight, tq.nn.PackedWeight) and q.weight.shape == (37, 29)
     q.cuda()
-    assert q.weight.shape == (37, 29) and q.weight.is_cuda
+    assert type(q.weight) is torch.nn.Parameter and q.weight.shape == (37, 29) and q.weight.is_cuda
     q.cpu()
-    assert tq.is_packed_weight(q.weight)
+    assert isinstance(q.weight, tq.nn.PackedWeight) and isinstance(q.weight, torch.nn.Parameter)
 
 
 BAD_VALUE_CASES = [

@@ -21,6 +21,7 @@ from torch import nn
 
 import torch_quant as tq
 from torch_quant.ops import reference as ref
+from torch_quant.nn import PackedWeight
 
 from conftest import MODES, assert_same, num_threads
 
@@ -172,7 +173,7 @@ def test_writes_through_any_alias_are_seen(isa, gen, how, M):
     q(x)
     new_packed = tq.pack_weight(new)
     with torch.no_grad():
-        WRITES[how](q.weight, new_packed)
+        WRITES[how](q.weight.packed, new_packed)
     want = ref.dynamic_quantized_linear(x, new, q.weight_scale, q.bias)
     assert_same(q(x).detach(), want, f"QuantLinear after a write through {how}")
 
@@ -211,21 +212,24 @@ def test_isa_switch_from_another_thread_never_crashes():
 def test_quantlinear_holds_one_packed_weight_and_saves_it_plain(gen):
     lin = nn.Linear(37, 21)
     q = tq.QuantLinear.from_float(lin)
-    assert tq.is_packed_weight(q.weight)
-    assert [n for n, _ in q.named_buffers()] == ["weight", "weight_scale", "weight_sum", "bias"]
+    assert tq.is_packed_weight(q.weight.packed) and q.weight.shape == (21, 37)
+    assert [n for n, _ in q.named_parameters()] == ["weight", "bias"]
+    assert [n for n, _ in q.named_buffers()] == ["weight_scale", "weight_sum"]
     sd = q.state_dict()
+    assert list(sd) == ["weight", "bias", "weight_scale", "weight_sum"]
     assert sd["weight"].shape == (21, 37) and sd["weight"].dtype == torch.int8
-    assert_same(tq.pack_weight(sd["weight"]), q.weight, "saved plain = held packed")
+    assert type(sd["weight"]) is torch.Tensor
+    assert_same(tq.pack_weight(sd["weight"]), q.weight.packed, "saved plain = held packed")
     # load into a fresh layer: packed again
     q2 = tq.QuantLinear(37, 21)
     q2.load_state_dict(sd)
-    assert_same(q2.weight, q.weight, "loaded")
+    assert_same(q2.weight.packed, q.weight.packed, "loaded")
     x = torch.randn(3, 37, generator=gen)
     assert_same(q2(x), q(x), "forward after load")
     # assign=True (a plain tensor comes in) and torch.load of the saved dict
     q3 = tq.QuantLinear(37, 21)
     q3.load_state_dict(copy.deepcopy(sd), assign=True)
-    assert tq.is_packed_weight(q3.weight)
+    assert isinstance(q3.weight, PackedWeight)
     assert_same(q3(x), q(x), "assign=True")
 
 
@@ -236,7 +240,7 @@ def test_quantlinear_dtype_moves_keep_the_layout(gen):
     for move in (lambda m: m.float(), lambda m: m.to(torch.float32), lambda m: m.cpu(),
                  lambda m: m.share_memory(), copy.deepcopy):
         q = move(q)
-        assert tq.is_packed_weight(q.weight)
+        assert isinstance(q.weight, PackedWeight) and isinstance(q.weight, nn.Parameter)
         assert_same(q(x), want)
 
 
@@ -246,7 +250,7 @@ def test_quantlinear_rejects_a_wrong_shape_on_load():
     with pytest.raises(ValueError, match=r"load_state_dict: weight must be a torch.int8 tensor "
                                          r"of shape \(4, 8\), got \(4, 9\)"):
         q.load_state_dict(bad)
-    assert tq.is_packed_weight(q.weight) and q.weight.shape == (4, 4, 4)
+    assert isinstance(q.weight, PackedWeight) and q.weight.packed.shape == (4, 4, 4)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status") or sys.platform != "linux",

@@ -60,9 +60,10 @@ def quantization_report(model: nn.Module) -> List[LayerReport]:
     out = []
     for name, q in quantized_layers(model):
         stats = q.stats
-        # As stored (state_dict, files): the weight in its plain [out, in] layout.
-        after = q.in_features * q.out_features + sum(
-            t.numel() * t.element_size() for n, t in q.named_buffers(recurse=False) if n != "weight")
+        # As stored (state_dict, files): the weight in its plain [out, in]
+        # layout, which is also what a packed weight's numel() counts.
+        after = sum(t.numel() * t.element_size()
+                    for t in [*q.parameters(recurse=False), *q.buffers(recurse=False)])
         out.append(LayerReport(
             name=name, act_mode=q.act_mode, act_granularity=q.act_granularity,
             in_features=q.in_features, out_features=q.out_features,

@@ -244,8 +244,8 @@ class TorchQuantHfQuantizer(HfQuantizer):
 
 
 def _empty_layer(s: dict) -> QuantLinear:
-    return QuantLinear(s["in_features"], s["out_features"], s["bias"], s["act_mode"],
-                       s["act_granularity"], device=torch.device("meta"),
+    return QuantLinear(s["in_features"], s["out_features"], s["bias"], act_mode=s["act_mode"],
+                       act_granularity=s["act_granularity"], device=torch.device("meta"),
                        smooth=bool(s.get("smooth", False)),
                        hadamard_block=int(s.get("hadamard_block", 0)))
 

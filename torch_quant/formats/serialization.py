@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from ..float_layers import float_weight_and_bias, is_conv1d, set_module
 from ..hadamard import check_hadamard_block
-from ..nn import ACT_GRANULARITIES, ACT_MODES, QuantLinear, quantized_layers, watch_loads
+from ..nn import (ACT_GRANULARITIES, ACT_MODES, PackedWeight, QuantLinear, quantized_layers,
+                  watch_loads)
 
 __all__ = ["save", "load"]
 
@@ -91,7 +92,9 @@ def _held_tensors(model: nn.Module, replacements: Optional[Dict[str, QuantLinear
     for name, m in model.named_modules(remove_duplicate=False):
         m = (replacements or {}).get(name, m)
         if isinstance(m, QuantLinear):
-            held[f"{name}.weight" if name else "weight"] = m.weight
+            w = m.weight
+            held[f"{name}.weight" if name else "weight"] = (w.packed if isinstance(w, PackedWeight)
+                                                            else w)
     return held
 
 
@@ -221,8 +224,8 @@ def load_layers(model: nn.Module, layers: dict, tensors: Dict[str, Tensor], wher
         if any(shape[k] != s[k] for k in shape):
             raise ValueError(f"{where}: layer {name!r} has {shape} in the model but {s} in the file")
         with torch.no_grad():
-            q = QuantLinear(s["in_features"], s["out_features"], s["bias"], s["act_mode"],
-                            s["act_granularity"], device=weight.device,
+            q = QuantLinear(s["in_features"], s["out_features"], s["bias"], act_mode=s["act_mode"],
+                            act_granularity=s["act_granularity"], device=weight.device,
                             smooth=bool(s.get("smooth")), hadamard_block=s.get("hadamard_block", 0))
         for alias in names_of[id(module)]:
             replacements[alias] = q
@@ -264,7 +267,7 @@ def load_layers(model: nn.Module, layers: dict, tensors: Dict[str, Tensor], wher
                              f"{tuple(t.shape)} {t.dtype} in the model")
     # The values of every quantized layer (scales, zero points, weight sums).
     for name, q in checked.items():
-        own = {b: tensors[f"{name}.{b}"] for b in q._buffers if f"{name}.{b}" in tensors}
+        own = {b: tensors[f"{name}.{b}"] for b in q.state_names() if f"{name}.{b}" in tensors}
         q.check_state(own, where, f"{name}.")
 
     for name, q in replacements.items():
@@ -279,7 +282,7 @@ def load_layers(model: nn.Module, layers: dict, tensors: Dict[str, Tensor], wher
     model.load_state_dict({k: t for k, t in tensors.items()
                            if k.rpartition(".")[0] not in quant}, strict=False)
     for name, q in checked.items():
-        q.load_state_dict({b: tensors[f"{name}.{b}"] for b in q._buffers
+        q.load_state_dict({b: tensors[f"{name}.{b}"] for b in q.state_names()
                            if f"{name}.{b}" in tensors}, strict=True)
     watch_loads(model)
     return model

@@ -32,6 +32,7 @@ __all__ = [
     "pack_weight",
     "unpack_weight",
     "is_packed_weight",
+    "quantized_linear_grad_x",
 ]
 
 _ops = torch.ops.torch_quant
@@ -183,6 +184,21 @@ def unpack_weight(w_packed: Tensor, K: int) -> Tensor:
     """The plain ``[N, K]`` int8 weight of ``w_packed`` (from :func:`pack_weight`):
     ``unpack_weight(pack_weight(w), w.shape[1])`` equals ``w``."""
     return _ops.unpack_weight.default(w_packed, K)
+
+
+def quantized_linear_grad_x(grad_out: Tensor, w_q: Tensor, w_scale: Tensor, K: int,
+                            smooth: Optional[Tensor] = None, hadamard_block: int = 0,
+                            out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """The gradient of a quantized linear's output ``grad_out`` (``[*, N]``)
+    with respect to its float input (``[*, K]``), its quantization taken as
+    the identity (straight through): ``grad_out @ (w_q * w_scale[:, None])``,
+    rotated run by run by the Hadamard matrix when ``hadamard_block`` > 0,
+    times ``smooth`` when given; computed in float32, returned in
+    ``out_dtype`` (default ``grad_out``'s). ``w_q`` plain or packed. What the
+    autograd formulas of :func:`dynamic_quantized_linear` (and QuantLinear's
+    static layers) give x; docs/semantics.md, "Gradients"."""
+    return _ops.quantized_linear_grad_x.default(grad_out, w_q, w_scale, K, smooth, hadamard_block,
+                                                out_dtype)
 
 
 def is_packed_weight(w_q: Tensor) -> bool:
