@@ -111,6 +111,7 @@ class DynamicLinear : public torch::autograd::Function<DynamicLinear> {
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["bias_dtype"] =
         static_cast<int64_t>(bias.has_value() ? bias->scalar_type() : at::kFloat);
+    ctx->saved_data["has_bias"] = bias.has_value();
     return y;
   }
 
@@ -126,7 +127,8 @@ class DynamicLinear : public torch::autograd::Function<DynamicLinear> {
           ctx->saved_data["block"].toInt(),
           static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
     }
-    if (ctx->needs_input_grad(3)) {
+    // (needs_input_grad counts the tensors given: a bias of None is none)
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(3)) {
       grad_bias = bias_grad(g, static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
     }
     return {grad_x, at::Tensor(), at::Tensor(), grad_bias, at::Tensor(), at::Tensor(),
