@@ -8,8 +8,9 @@ tensor it stands for.
 only copy in memory, as torchao's ``AffineQuantizedTensor`` keeps its packed
 storage. The kernels are given ``.packed``. Any other use of the tensor
 (``weight.float()``, ``weight[0]``, ``torch.equal``) runs on a plain copy
-unpacked for that call; writes other than ``copy_`` are refused (they would
-land in that copy and be lost).
+unpacked for that call; writes in place are refused (they would land in that
+copy and be lost, and the layer's ``weight_sum`` would go stale): assign the
+layer's weight or load a state dict instead.
 """
 
 from __future__ import annotations
@@ -71,16 +72,6 @@ class PackedWeight(Tensor):
             return PackedWeight(args[0].packed, args[0].shape[1])
         if func is aten.clone.default:
             return PackedWeight(args[0].packed.clone(), args[0].shape[1])
-        if func is aten.copy_.default and isinstance(args[0], PackedWeight):
-            dst, src = args[0], args[1]
-            if tuple(src.shape) != tuple(dst.shape) or src.dtype != torch.int8:
-                raise RuntimeError(f"PackedWeight.copy_: the source must be an int8 tensor of "
-                                   f"shape {tuple(dst.shape)}, got {src.dtype} "
-                                   f"{tuple(src.shape)}")
-            new = src.packed if isinstance(src, PackedWeight) else ops.pack_weight(
-                src.to(dst.device))
-            dst.packed.copy_(new)
-            return dst
         if func is aten._to_copy.default and isinstance(args[0], PackedWeight):
             w = args[0]
             device = torch.device(kwargs.get("device") or w.device)
@@ -90,8 +81,10 @@ class PackedWeight(Tensor):
             if a.alias_info is not None and a.alias_info.is_write:
                 t = args[i] if i < len(args) else kwargs.get(a.name)
                 if isinstance(t, PackedWeight):
-                    raise RuntimeError(f"{func}: a PackedWeight (QuantLinear's CPU weight) is "
-                                       f"written only whole, by copy_ or load_state_dict")
+                    raise RuntimeError(f"{func}: a QuantLinear's packed weight is not written in "
+                                       f"place (its row sums, weight_sum, would go stale): assign "
+                                       f"it (layer.weight = int8 codes or a float weight) or use "
+                                       f"load_state_dict")
         return func(*tree_map(_plain, args), **tree_map(_plain, kwargs))
 
     def __deepcopy__(self, memo):
