@@ -164,3 +164,19 @@ def test_adapters_save_and_load_back(tmp_path):
     again = peft.PeftModel.from_pretrained(quantized(), tmp_path, config=config).eval()
     with torch.no_grad():
         assert torch.equal(again(input_ids=TEXT).logits, want)
+
+
+def test_the_example_in_the_docs_runs_and_learns(tmp_path, monkeypatch):
+    """docs/conversion.md, "Fine-tune with LoRA", run as written."""
+    import pathlib
+    import re
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "conversion.md").read_text()
+    section = doc[doc.index("## Fine-tune with LoRA"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, "conversion.md", "exec"), ns)
+    losses = ns["losses"]
+    assert len(losses) == 30 and losses[-1] < 0.9 * losses[0]
+    assert (tmp_path / "adapters" / "adapter_config.json").exists()
+    assert isinstance(ns["again"], peft.LoraConfig)
