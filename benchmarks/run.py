@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from . import cuda, e2e, linear, machine, quantize
+from . import cuda, e2e, linear, lora, machine, quantize
 from .system import cpu_snapshot, environment, format_others, loadavg, others_cores
 from .tables import format_goals, format_section
 from .timing import Config, SectionResult
@@ -41,6 +41,9 @@ SECTIONS: List[Section] = [
             "torch._int_mm and torchao at LLM shapes", lambda cfg: linear.section_linear(cfg)),
     Section("e2e", "SmolLM2-135M decode and prefill tokens/s: fp32, ours, quantize_dynamic, "
             "torchao (skipped without the model package)", lambda cfg: e2e.section_e2e(cfg)),
+    Section("lora", "a LoRA training step (peft) on SmolLM2-135M, int8 base vs fp32 base, and "
+            "the perplexity 100 steps reach (skipped without peft or the model)",
+            lambda cfg: lora.section_lora(cfg)),
     Section("cuda", "the CUDA kernels vs a device copy and bf16 cuBLAS (skipped without a GPU)",
             cuda.section_cuda),
 ]

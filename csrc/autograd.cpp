@@ -45,7 +45,7 @@ at::Tensor unpack_weight(const at::Tensor& w_packed, int64_t K) {
   return op.call(w_packed, K);
 }
 
-// grad_out [..., N] -> grad_x [..., K]: (grad_out @ (w * w_scale[:, None]))
+// grad_out [..., N] -> grad_x [..., K]: grad_out @ (w * w_scale[:, None])
 // rotated run by run when hadamard_block > 0, times smooth when given, in
 // float32, returned in out_dtype (default grad_out's dtype).
 at::Tensor quantized_linear_grad_x(const at::Tensor& grad_out, const at::Tensor& w_q,
@@ -78,8 +78,9 @@ at::Tensor quantized_linear_grad_x(const at::Tensor& grad_out, const at::Tensor&
                 dtype_name(smooth->scalar_type()), " ", smooth->sizes());
   }
   const at::Tensor w = w_q.dim() == 3 ? unpack_weight(w_q, K) : w_q;
-  const at::Tensor dequantized = w.to(at::kFloat) * w_scale.unsqueeze(1);
-  at::Tensor g = at::matmul(grad_out.to(at::kFloat), dequantized);
+  // grad_out @ (w * w_scale[:, None]) as (grad_out * w_scale) @ w: the scales
+  // go on the [*, N] gradient instead of a second [N, K] pass over the weight
+  at::Tensor g = at::matmul(grad_out.to(at::kFloat) * w_scale, w.to(at::kFloat));
   if (hadamard_block > 0) g = hadamard_rows(g, hadamard_block);
   if (smooth.has_value()) g = g * *smooth;
   return g.to(out_dtype.value_or(grad_out.scalar_type()));

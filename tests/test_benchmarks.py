@@ -10,7 +10,7 @@ import importlib.util
 import pytest
 import torch
 
-from benchmarks import e2e, linear, machine, run, tables
+from benchmarks import e2e, linear, lora, machine, run, tables
 from benchmarks.timing import Config
 
 CFG = Config(repeat=2, warmup=1, repeat_given=True, quick=True)
@@ -19,7 +19,7 @@ CFG = Config(repeat=2, warmup=1, repeat_given=True, quick=True)
 def test_command_line():
     args = run.parse_args(["--only", "linear,e2e", "--quick", "--repeat", "2"])
     assert [s.name for s in args.sections] == ["linear", "e2e"] and args.quick
-    assert {"machine", "per_tensor", "per_token", "isa", "linear", "e2e", "cuda"} == {
+    assert {"machine", "per_tensor", "per_token", "isa", "linear", "e2e", "lora", "cuda"} == {
         s.name for s in run.SECTIONS}
     with pytest.raises(SystemExit):
         run.parse_args(["--only", "nope"])
@@ -131,6 +131,29 @@ def test_e2e_section_tiny():
     assert any(n.startswith("memory, ours") for n in res.notes)
     assert any(n.startswith("greedy tokens") for n in res.notes)
     assert "decode  ours quantize_model symmetric" in tables.format_section(res)
+
+
+@pytest.mark.slow
+def test_lora_section_tiny():
+    """The lora section end to end on a tiny Llama and a random text: both
+    variants timed, our perplexity measured before and after training."""
+    pytest.importorskip("peft")
+    sizes = lora.LoraSizes(batch=1, seq_len=12, repeat=2, train_steps=4, eval_tokens=40,
+                           eval_seq_len=16, eval_stride=8)
+    text = torch.randint(0, 128, (200,), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():  # as the command line runs the sections
+        res = lora.section_lora(Config(repeat=2, warmup=1), sizes, load=tiny_llama,
+                                text_ids=lambda tok: text)
+    rows = {r.key: r for r in res.rows}
+    assert set(rows) == {"lora/step/fp32", "lora/step/ours"}
+    assert all(len(r.times) == 2 and all(t > 0 for t in r.times) for r in rows.values())
+    ours = rows["lora/step/ours"]
+    assert ours.ratio == pytest.approx(rows["lora/step/fp32"].median / ours.median)
+    assert ours.extra["steps"] == 4 and ours.extra["perplexity_before"] > 1
+    assert [g.op for g in res.goals] == ["<=", "<="]
+    assert res.goals[0].value == pytest.approx(1 / ours.ratio)
+    assert res.goals[1].value == pytest.approx(ours.extra["perplexity_after"]
+                                               / ours.extra["perplexity_before"])
 
 
 def test_e2e_skips_without_the_model():

@@ -4,6 +4,7 @@
 #include "packed.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -64,12 +65,18 @@ void unpack(const PackedWeight& pw, int8_t* out) {
   const int64_t N = pw.N, K = pw.K;
   at::parallel_for(0, N, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(K, 1)),
                    [&](int64_t begin, int64_t end) {
+                     // a group of 4 weights moves as one 4-byte word (the
+                     // backward of the linear ops unpacks on every call)
+                     const int64_t groups = K / 4;
                      for (int64_t n = begin; n < end; ++n) {
                        const int64_t p = n / kPanelCols;
                        const int64_t stride = 4 * pw.panel_cols(p);
                        const int8_t* src = pw.panel(p) + 4 * (n % kPanelCols);
-                       for (int64_t k = 0; k < K; ++k)
-                         out[n * K + k] = src[(k / 4) * stride + k % 4];
+                       int8_t* dst = out + n * K;
+                       for (int64_t q = 0; q < groups; ++q)
+                         std::memcpy(dst + 4 * q, src + q * stride, 4);
+                       for (int64_t k = 4 * groups; k < K; ++k)
+                         dst[k] = src[groups * stride + k % 4];
                      }
                    });
 }
