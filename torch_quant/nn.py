@@ -22,7 +22,9 @@ from torch import Tensor, nn
 from . import ops
 from .float_layers import float_weight_and_bias, transformed_weight
 from .hadamard import check_hadamard_block, hadamard_rows
-from .packed_weight import PackedWeight
+from .layer_state import check_sums, check_values, row_sums
+from .packed_weight import PackedWeight, as_parameter, held_packed, laid_out
+from .straight_through import StraightThrough
 
 __all__ = ["QuantLinear", "PackedWeight", "ACT_MODES", "ACT_GRANULARITIES"]
 
@@ -188,7 +190,7 @@ class QuantLinear(nn.Module):
                                  b["weight_scale"], p["bias"], None, out_dtype=x_in.dtype)
         if x_in.requires_grad and torch.is_grad_enabled():
             # x_q is integer: x's gradient goes around quantize (straight through)
-            y = _StraightThrough.apply(x_in, y, w, b["weight_scale"], smooth, self.hadamard_block)
+            y = StraightThrough.apply(x_in, y, w, b["weight_scale"], smooth, self.hadamard_block)
         return y
 
     @property
@@ -264,20 +266,16 @@ class QuantLinear(nn.Module):
             self.weight_sum.copy_(w_q.sum(1, dtype=torch.int32))
 
     def _set_codes(self, w_q: Tensor) -> None:
-        """The int8 codes ``w_q`` (plain ``[out, in]``) as the weight, laid
-        out for their device."""
-        self._set_weight(self._laid_out(w_q, w_q.device))
-
-    def _set_weight(self, w: Tensor) -> None:
-        """``w`` (laid out) as the frozen weight Parameter."""
-        self._parameters["weight"] = as_parameter(w)
+        """The int8 codes ``w_q`` (plain ``[out, in]``) as the frozen weight
+        Parameter, laid out for their device."""
+        self._parameters["weight"] = as_parameter(laid_out(w_q, w_q.device))
 
     # The weight's in-memory layout follows its device: packed where the CPU
     # kernels read it, plain elsewhere. Files and state_dict hold it plain.
 
     def _relayout(self) -> None:
         w = self._parameters["weight"]
-        if isinstance(w, PackedWeight) != _packs(w.device):
+        if isinstance(w, PackedWeight) != held_packed(w.device):
             self._set_codes(self.plain_weight())
 
     def _apply(self, fn, recurse=True):
@@ -306,15 +304,11 @@ class QuantLinear(nn.Module):
                         new.grad = keep_dtype(bias.grad)
                     self._parameters["bias"] = new
             w = self._parameters["weight"]
-            if isinstance(w, PackedWeight):
-                packed = keep_dtype(w.packed)
-                if packed is not w.packed:
-                    self._set_weight(PackedWeight(packed, self.in_features) if _packs(packed.device)
-                                     else ops.unpack_weight(packed, self.in_features))
-            else:
-                moved = keep_dtype(w)
-                if moved is not w:
-                    self._set_weight(moved)
+            inner = w.packed if isinstance(w, PackedWeight) else w
+            moved = keep_dtype(inner)
+            if moved is not inner:  # (then laid out for its device by _relayout)
+                self._parameters["weight"] = as_parameter(
+                    PackedWeight(moved, self.in_features) if inner is not w else moved)
         self._relayout()
         return self
 
@@ -339,13 +333,13 @@ class QuantLinear(nn.Module):
         # key). The new weight is laid out first: packing it is the one pass
         # over it, and gives the row sums that weight_sum is checked against.
         where = "QuantLinear.load_state_dict"
-        self._check_values(mine, where, prefix)
+        check_values(self, mine, where, prefix)
         assign = bool(local_metadata.get("assign_to_params_buffers", False))
         weight = mine.get("weight")
         if weight is not None:
-            weight = self._laid_out(weight, weight.device if assign else self.weight.device)
-        self._check_sums(self._row_sums(weight if weight is not None else self.weight),
-                         mine.get("weight_sum", self.weight_sum), where, prefix)
+            weight = laid_out(weight, weight.device if assign else self.weight.device)
+        check_sums(self._row_sums(weight if weight is not None else self.weight),
+                   mine.get("weight_sum", self.weight_sum), where, prefix)
         key = prefix + "weight"
         super()._load_from_state_dict({k: v for k, v in state_dict.items() if k != key}, prefix,
                                       local_metadata, strict, missing_keys, unexpected_keys,
@@ -353,36 +347,9 @@ class QuantLinear(nn.Module):
         if weight is not None:  # loaded here, in its layout
             if key in missing_keys:
                 missing_keys.remove(key)
-            self._set_weight(weight)
+            self._parameters["weight"] = as_parameter(weight)
 
-    @staticmethod
-    def _laid_out(w: Tensor, device) -> Tensor:
-        """A new tensor holding the plain weight ``w`` as this layer holds it
-        on ``device``: a :class:`PackedWeight` on CPU, plain elsewhere."""
-        with torch.inference_mode(False), torch.no_grad():
-            w = w.detach()
-            if _packs(device) and not w.is_meta:
-                return PackedWeight.pack(w.to(device))
-            return w.to(device, copy=True)
-
-    @staticmethod
-    def _row_sums(w: Tensor) -> Tensor:
-        """The row sums of the weight ``w`` (plain or a PackedWeight: a packed
-        weight holds them, read from its sum row without a pass over the
-        weight)."""
-        if not isinstance(w, PackedWeight):
-            return w.detach().sum(1, dtype=torch.int32)
-        # docs/semantics.md, "Packed weights": panels of 16 columns (the last
-        # may be narrower), each G rows of 4 bytes per column, the sums in
-        # row G - 2 as little-endian int32
-        packed = w.packed
-        n, g, _ = packed.shape
-        flat = packed.reshape(-1)
-        full = n // 16
-        parts = [flat[:full * 64 * g].view(full, g, 16, 4)[:, g - 2]]
-        if n % 16:
-            parts.append(flat[full * 64 * g:].view(1, g, n % 16, 4)[:, g - 2])
-        return torch.cat([p.reshape(-1, 4) for p in parts]).view(torch.int32).reshape(n)
+    _row_sums = staticmethod(row_sums)  # (a class attribute: a test counts its passes)
 
     def check_state(self, state: dict, where: str, prefix: str = "") -> None:
         """ValueError naming the key unless ``state`` (this layer's tensors by
@@ -393,61 +360,9 @@ class QuantLinear(nn.Module):
         weight's row sums, a finite bias, and the input zero point that of
         ``act_mode`` (0 symmetric, [0, 255] asymmetric). Reads only; the row
         sums of a weight in ``state`` take one pass over it."""
-        self._check_values(state, where, prefix)
-        self._check_sums(self._row_sums(state.get("weight", self.weight)),
-                         state.get("weight_sum", self.weight_sum), where, prefix)
-
-    def _check_sums(self, sums: Tensor, weight_sum: Tensor, where: str, prefix: str) -> None:
-        if sums.is_meta or weight_sum.is_meta:
-            return  # no values to check
-        weight_sum = weight_sum.detach().to(sums.device)
-        wrong = (sums != weight_sum).nonzero()
-        if len(wrong):
-            i = wrong[0, 0].item()
-            raise ValueError(f"{where}: {prefix}weight_sum must hold the weight's row sums, but "
-                             f"[{i}] is {weight_sum[i].item()} and row {i} of the weight sums to "
-                             f"{sums[i].item()}")
-
-    def _check_values(self, state: dict, where: str, prefix: str) -> None:
-        """check_state's checks but the row sums: O(out + in)."""
-        def fail(name, what):
-            raise ValueError(f"{where}: {prefix}{name} {what}")
-
-        n, k = self.out_features, self.in_features
-        shapes = {"weight": ((n, k), torch.int8), "weight_scale": ((n,), torch.float32),
-                  "weight_sum": ((n,), torch.int32), "bias": ((n,), torch.float32),
-                  "input_scale": ((), torch.float32), "input_zero_point": ((), torch.int32),
-                  "input_smooth": ((k,), torch.float32)}
-        held = dict([*self._parameters.items(), *self._buffers.items()])
-        for name, (shape, dtype) in shapes.items():
-            if held.get(name) is None:
-                continue
-            t = state.get(name)
-            if t is None:
-                if name == "weight":
-                    continue  # the layer's own, packed or plain as it holds it
-                t = held[name]
-            if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
-                got = (f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor)
-                       else type(t).__name__)
-                fail(name, f"must be a {dtype} tensor of shape {shape}, got {got}")
-            t = t.detach()
-            if t.is_meta:
-                continue  # no values to check
-            if name in ("weight_scale", "input_scale", "input_smooth"):
-                f = t.double()
-                bad = ~(torch.isfinite(f) & (f > 0) & torch.isfinite(1.0 / t))
-                if bad.any():
-                    i = bad.flatten().nonzero()[0, 0].item()
-                    fail(name, f"must be finite and > 0 (with a finite reciprocal), got "
-                               f"{t.flatten()[i].item()}" + (f" at index {i}" if t.dim() else ""))
-            elif name == "bias" and not torch.isfinite(t).all():
-                fail(name, "must be finite, got NaN or inf")
-            elif name == "input_zero_point":
-                z = t.item()
-                lo, hi = (0, 0) if self.act_mode == "symmetric" else (0, 255)
-                if not lo <= z <= hi:
-                    fail(name, f"must be in [{lo}, {hi}] for act_mode={self.act_mode!r}, got {z}")
+        check_values(self, state, where, prefix)
+        check_sums(self._row_sums(state.get("weight", self.weight)),
+                   state.get("weight_sum", self.weight_sum), where, prefix)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -455,22 +370,6 @@ class QuantLinear(nn.Module):
                 f"act_mode={self.act_mode}, act_granularity={self.act_granularity}"
                 + (", smooth=True" if "input_smooth" in self._buffers else "")
                 + (f", hadamard_block={self.hadamard_block}" if self.hadamard_block else ""))
-
-
-def as_parameter(w: Tensor) -> nn.Parameter:
-    """``w`` as a frozen Parameter. A PackedWeight is marked as one in place,
-    as ``nn.Parameter`` marks a tensor subclass, without its ``detach`` (a
-    call through the subclass's dispatch)."""
-    if isinstance(w, PackedWeight):
-        w._is_param = True
-        return w
-    return nn.Parameter(w, requires_grad=False)
-
-
-def _packs(device) -> bool:
-    """Whether QuantLinear holds its weight packed on ``device`` (the CPU kernels'
-    layout; the CUDA kernels read plain weights)."""
-    return torch.device("cpu" if device is None else device).type == "cpu"
 
 
 def quantized_layers(model: nn.Module) -> List[tuple]:
@@ -498,22 +397,3 @@ def watch_loads(model: nn.Module) -> None:
     hooks = getattr(model, "_load_state_dict_pre_hooks", {}).values()
     if not any(getattr(h, "hook", h) is check_model_state for h in hooks):
         model.register_load_state_dict_pre_hook(check_model_state)
-
-
-class _StraightThrough(torch.autograd.Function):
-    """y (a static layer's output) unchanged, and x's gradient as if x's
-    quantization were the identity: ``ops.quantized_linear_grad_x``, the same
-    formula as the fused op's gradient (csrc/autograd.cpp)."""
-
-    @staticmethod
-    def forward(ctx, x, y, w, w_scale, smooth, hadamard_block):
-        ctx.save_for_backward(w, w_scale, smooth)
-        ctx.in_features, ctx.hadamard_block, ctx.x_dtype = x.shape[-1], hadamard_block, x.dtype
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        w, w_scale, smooth = ctx.saved_tensors
-        grad_x = ops.quantized_linear_grad_x(grad_y, w, w_scale, ctx.in_features, smooth,
-                                             ctx.hadamard_block, ctx.x_dtype)
-        return grad_x, grad_y, None, None, None, None

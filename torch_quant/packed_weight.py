@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_map
 
 from . import ops
 
-__all__ = ["PackedWeight"]
+__all__ = ["PackedWeight", "as_parameter", "held_packed", "laid_out"]
 
 aten = torch.ops.aten
 
@@ -109,3 +109,29 @@ def _rebuild(packed: Tensor, in_features: int, requires_grad: bool, is_param: bo
     if is_param:
         w._is_param = True
     return w
+
+
+def as_parameter(w: Tensor) -> torch.nn.Parameter:
+    """``w`` as a frozen Parameter. A PackedWeight is marked as one in place,
+    as ``torch.nn.Parameter`` marks a tensor subclass, without its ``detach`` (a
+    call through the subclass's dispatch)."""
+    if isinstance(w, PackedWeight):
+        w._is_param = True
+        return w
+    return torch.nn.Parameter(w, requires_grad=False)
+
+
+def held_packed(device) -> bool:
+    """Whether QuantLinear holds its weight packed on ``device`` (the CPU kernels'
+    layout; the CUDA kernels read plain weights)."""
+    return torch.device("cpu" if device is None else device).type == "cpu"
+
+
+def laid_out(w: Tensor, device) -> Tensor:
+    """A new tensor holding the plain weight ``w`` as a QuantLinear holds it
+    on ``device``: a :class:`PackedWeight` on CPU, plain elsewhere."""
+    with torch.inference_mode(False), torch.no_grad():
+        w = w.detach()
+        if held_packed(device) and not w.is_meta:
+            return PackedWeight.pack(w.to(device))
+        return w.to(device, copy=True)
