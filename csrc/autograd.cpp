@@ -104,7 +104,18 @@ class DynamicLinear : public torch::autograd::Function<DynamicLinear> {
                             const std::optional<at::Tensor>& smooth, int64_t hadamard_block) {
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor y = call(x, w_q, w_scale, bias, w_sum, act_mode, smooth, hadamard_block);
-    ctx->save_for_backward({w_q, w_scale, smooth.value_or(at::Tensor())});
+    // the forward takes scales of shape [], [1] or [N] and factors in any float
+    // dtype; the gradient's op, float32 [N] and [K]
+    // (converted only when they differ: an op below autograd may not return
+    // its input, as .to() of a float32 tensor would)
+    const int64_t N = w_q.size(0);
+    const bool as_is = w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 &&
+                       w_scale.size(0) == N;
+    const at::Tensor scales = as_is ? w_scale : w_scale.to(at::kFloat).expand({N}).contiguous();
+    const at::Tensor factors = !smooth.has_value() ? at::Tensor()
+                               : smooth->scalar_type() == at::kFloat ? *smooth
+                                                                     : smooth->to(at::kFloat);
+    ctx->save_for_backward({w_q, scales, factors});
     // (sym_size: under torch.export / torch.compile, size() would fix every
     // dim of x, batch and sequence included, to the traced example's)
     ctx->saved_data["K"] = x.sym_size(-1).guard_int(__FILE__, __LINE__);

@@ -180,3 +180,25 @@ def test_the_example_in_the_docs_runs_and_learns(tmp_path, monkeypatch):
     assert len(losses) == 30 and losses[-1] < 0.9 * losses[0]
     assert (tmp_path / "adapters" / "adapter_config.json").exists()
     assert isinstance(ns["again"], peft.LoraConfig)
+
+
+def test_transformers_trainer_runs_lora_on_a_torch_quant_config_model(tmp_path):
+    """transformers' Trainer accepts the quantized model (the quantizer says it
+    is trainable: adapters on frozen int8 layers) and its steps train them."""
+    pytest.importorskip("accelerate")
+    hf = pytest.importorskip("torch_quant.hf")
+    tiny_llama().save_pretrained(tmp_path / "float")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "float", quantization_config=hf.TorchQuantConfig())
+    pm = lora(model)
+    before = int8_state(pm)
+    a = pm.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    start = a.detach().clone()
+    rows = [{"input_ids": TEXT[0], "labels": TEXT[0]}] * 4
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3,
+                                          per_device_train_batch_size=2, learning_rate=1e-2,
+                                          report_to=[], save_strategy="no", use_cpu=True)
+    transformers.Trainer(model=pm, args=args, train_dataset=rows).train()
+    assert not torch.equal(a.detach(), start)
+    after = int8_state(pm)
+    assert all(torch.equal(x, y) for n in before for x, y in zip(before[n], after[n]))

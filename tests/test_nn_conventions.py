@@ -113,6 +113,43 @@ def test_copies_pickles_and_moves_keep_one_packed_weight(gen):
         assert isinstance(other.weight, PackedWeight) and isinstance(other.weight, nn.Parameter)
         assert_same(other(x), want, type(other).__name__)
     assert copy.deepcopy(q).weight.packed.data_ptr() != q.weight.packed.data_ptr()
+    # moves that change nothing keep the packed bytes, the bias its Parameter object
+    ptr, bias = q.weight.packed.data_ptr(), q.bias
+    q.to("cpu").half().float()
+    assert q.weight.packed.data_ptr() == ptr and q.bias is bias
+    q.share_memory()
+    assert q.weight.packed.is_shared() and q.bias is bias and q.bias.is_shared()
+    assert_same(q(x), want, "after share_memory")
+
+
+def test_assigning_a_weight_keeps_the_layer_on_its_device_and_meta_stays_meta():
+    q = tq.QuantLinear(8, 4, device="meta")
+    q.weight = torch.zeros(4, 8, device="meta")  # tie_weights under init_empty_weights
+    assert q.weight.is_meta and q.weight.dtype == torch.int8
+    q = tq.QuantLinear.from_float(nn.Linear(8, 4))
+    q.weight = torch.randn(4, 8, dtype=torch.float64)  # another dtype: quantized on the layer's
+    assert isinstance(q.weight, PackedWeight) and q.weight_scale.dtype == torch.float32
+
+
+def test_accelerate_can_move_and_set_the_weight():
+    """accelerate rebuilds a parameter it moves as type(param)(value, requires_grad=...)
+    (device maps, offload)."""
+    utils = pytest.importorskip("accelerate.utils")
+    q = tq.QuantLinear.from_float(nn.Linear(16, 8))
+    x = torch.randn(2, 16)
+    want = q(x)
+    codes = q.plain_weight()
+    utils.set_module_tensor_to_device(q, "weight", "meta")
+    assert q.weight.is_meta and q.weight.shape == (8, 16)
+    utils.set_module_tensor_to_device(q, "weight", "cpu", value=codes)
+    # (a plain Parameter from there: the ops take either layout, bit-identical)
+    assert isinstance(q.weight, nn.Parameter) and q.weight.shape == (8, 16)
+    assert_same(q(x), want, "after accelerate set the weight back")
+    # from a packed weight, the class accelerate calls lays the value out
+    p = tq.QuantLinear.from_float(nn.Linear(16, 8))
+    utils.set_module_tensor_to_device(p, "weight", "cpu", value=codes)
+    assert isinstance(p.weight, PackedWeight) and isinstance(p.weight, nn.Parameter)
+    assert_same(p.plain_weight(), codes, "codes set")
 
 
 transformers = pytest.importorskip("transformers")

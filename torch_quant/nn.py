@@ -181,11 +181,12 @@ class QuantLinear(nn.Module):
             return _DYNAMIC_LINEAR(x, w, b["weight_scale"], p["bias"], None, self.act_mode, smooth,
                                    self.hadamard_block)
         x_in = x
-        if smooth is not None:  # as the fused op does it: x.float() * smooth, in float32
-            x = x.float() * smooth
-        if self.hadamard_block:  # likewise, then the rotation (in Python here)
-            x = hadamard_rows(x.float(), self.hadamard_block)
-        x_q = ops.quantize(x, b["input_scale"], b["input_zero_point"], self.act_mode)
+        with torch.no_grad():  # (x's gradient goes around these and quantize: below)
+            if smooth is not None:  # as the fused op does it: x.float() * smooth, in float32
+                x = x.float() * smooth
+            if self.hadamard_block:  # likewise, then the rotation (in Python here)
+                x = hadamard_rows(x.float(), self.hadamard_block)
+            x_q = ops.quantize(x, b["input_scale"], b["input_zero_point"], self.act_mode)
         y = ops.quantized_linear(x_q, b["input_scale"], b["input_zero_point"], w,
                                  b["weight_scale"], p["bias"], None, out_dtype=x_in.dtype)
         if x_in.requires_grad and torch.is_grad_enabled():
@@ -238,7 +239,13 @@ class QuantLinear(nn.Module):
         if tuple(value.shape) != shape:
             raise ValueError(f"QuantLinear: weight must have shape {shape}, got "
                              f"{tuple(value.shape)}")
-        value = value.detach()
+        # on the layer's device (the value's while the layer is still on meta,
+        # as the Hugging Face loader fills it); a meta value gives meta codes
+        device = self._parameters["weight"].device
+        value = value.detach().to(value.device if device.type == "meta" else device)
+        if value.is_meta:
+            self._set_codes(torch.empty(shape, dtype=torch.int8, device="meta"))
+            return
         if value.is_floating_point():
             smooth = self._buffers.get("input_smooth")
             self._quantize_weight(transformed_weight(
@@ -296,13 +303,12 @@ class QuantLinear(nn.Module):
                 if t is not None:
                     self._buffers[name] = keep_dtype(t)
             bias = self._parameters["bias"]
-            if bias is not None:
+            if bias is not None:  # the same Parameter (an optimizer may hold it), new data
                 moved = keep_dtype(bias)
                 if moved is not bias:
-                    new = nn.Parameter(moved, requires_grad=bias.requires_grad)
+                    bias.data = moved
                     if bias.grad is not None:
-                        new.grad = keep_dtype(bias.grad)
-                    self._parameters["bias"] = new
+                        bias.grad = keep_dtype(bias.grad)
             w = self._parameters["weight"]
             inner = w.packed if isinstance(w, PackedWeight) else w
             moved = keep_dtype(inner)

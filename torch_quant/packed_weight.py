@@ -8,14 +8,17 @@ tensor it stands for.
 only copy in memory, as torchao's ``AffineQuantizedTensor`` keeps its packed
 storage. The kernels are given ``.packed``. Any other use of the tensor
 (``weight.float()``, ``weight[0]``, ``torch.equal``) runs on a plain copy
-unpacked for that call; writes in place are refused (they would land in that
-copy and be lost, and the layer's ``weight_sum`` would go stale): assign the
-layer's weight or load a state dict instead.
+unpacked for that call, so a view of it (``weight[0]``, ``weight.t()``) is a
+copy that writes do not reach; writes in place on the weight itself are
+refused (they would land in such a copy and be lost, and the layer's
+``weight_sum`` would go stale): assign the layer's weight or load a state dict
+instead.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -35,12 +38,20 @@ class PackedWeight(Tensor):
     packed: Tensor
 
     @staticmethod
-    def __new__(cls, packed: Tensor, in_features: int):
+    def __new__(cls, packed: Tensor, in_features: Optional[int] = None, requires_grad: bool = False):
+        if in_features is None:
+            # type(param)(plain_weight, requires_grad=...), as accelerate rebuilds a
+            # parameter it moves: the plain int8 weight, laid out for its device
+            if isinstance(packed, PackedWeight):
+                return as_parameter(PackedWeight(packed.packed, packed.shape[1]))
+            return as_parameter(laid_out(packed, packed.device))
         return Tensor._make_wrapper_subclass(cls, (packed.shape[0], in_features), dtype=torch.int8,
                                              device=packed.device, requires_grad=False)
 
-    def __init__(self, packed: Tensor, in_features: int) -> None:
-        self.packed = packed
+    def __init__(self, packed: Tensor, in_features: Optional[int] = None,
+                 requires_grad: bool = False) -> None:
+        if in_features is not None:
+            self.packed = packed
 
     @classmethod
     def pack(cls, w: Tensor) -> "PackedWeight":
@@ -75,7 +86,7 @@ class PackedWeight(Tensor):
         if func is aten._to_copy.default and isinstance(args[0], PackedWeight):
             w = args[0]
             device = torch.device(kwargs.get("device") or w.device)
-            if device == w.device and kwargs.get("dtype", torch.int8) == torch.int8:
+            if device == w.device and kwargs.get("dtype") in (None, torch.int8):
                 return PackedWeight(w.packed.clone(), w.shape[1])
         for i, a in enumerate(func._schema.arguments):
             if a.alias_info is not None and a.alias_info.is_write:

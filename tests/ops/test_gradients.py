@@ -142,3 +142,27 @@ def test_grad_x_op_rejects_bad_arguments_naming_them(args, match):
     g, w, s = torch.randn(2, 6), torch.zeros(6, 16, dtype=torch.int8), torch.ones(6)
     with pytest.raises(RuntimeError, match=r"torch_quant\.quantized_linear_grad_x: " + match):
         tq.ops.quantized_linear_grad_x(*args(g, w, s))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_scale_and_factor_form_the_op_takes_has_its_gradient(gen, device):
+    """The op takes w_scale of shape [], [1] or [N] in any float dtype and
+    smooth in any float dtype; x non-contiguous, no bias; the backward takes
+    what the forward took. Scales and factors that require grad get none."""
+    K, N = 24, 10
+    w_q = torch.randint(-128, 128, (N, K), generator=gen, dtype=torch.int8).to(device)
+    base = torch.randn(K, 5, generator=gen).to(device)
+    for w_scale, smooth in ((torch.tensor(0.02), None), (torch.tensor([0.03]), None),
+                            (torch.rand(N, generator=gen, dtype=torch.float64) * 0.02 + 1e-3,
+                             torch.rand(K, generator=gen, dtype=torch.float64) + 0.5)):
+        w_scale = w_scale.to(device).requires_grad_()
+        smooth = None if smooth is None else smooth.to(device).requires_grad_()
+        x = base.t().requires_grad_()  # [5, K], not contiguous
+        y = tq.dynamic_quantized_linear(x, w_q, w_scale, None, None, "symmetric", smooth, 8)
+        g = torch.randn(N, 5, generator=gen).to(device).t()  # not contiguous either
+        y.backward(g)
+        x2 = base.t().clone().requires_grad_()
+        s2 = None if smooth is None else smooth.detach().float()
+        float_layer(x2, w_q, w_scale.detach().float().expand(N), None, s2, 8).backward(g)
+        torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+        assert w_scale.grad is None and (smooth is None or smooth.grad is None)

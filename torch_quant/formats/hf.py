@@ -240,7 +240,8 @@ class TorchQuantHfQuantizer(HfQuantizer):
 
     @property
     def is_trainable(self) -> bool:
-        return False
+        # adapters (torch_quant.lora) train on the frozen int8 layers
+        return True
 
 
 def _empty_layer(s: dict) -> QuantLinear:
