@@ -66,11 +66,7 @@ at::Tensor quantized_linear_grad_x(const at::Tensor& grad_out, const at::Tensor&
   TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.size(0) == N,
               kGradX, ": w_scale must be a float32 tensor of shape [", N, "], got ",
               dtype_name(w_scale.scalar_type()), " ", w_scale.sizes());
-  TORCH_CHECK(hadamard_block == 0 || (hadamard_block >= 2 &&
-                                      (hadamard_block & (hadamard_block - 1)) == 0 &&
-                                      K % hadamard_block == 0),
-              kGradX, ": hadamard_block must be 0 or a power of two >= 2 that divides K = ", K,
-              ", got ", hadamard_block);
+  check_hadamard_block(kGradX, hadamard_block, K);
   if (smooth.has_value()) {
     TORCH_CHECK(smooth->scalar_type() == at::kFloat && smooth->dim() == 1 &&
                     smooth->size(0) == K,

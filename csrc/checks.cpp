@@ -295,6 +295,14 @@ QuantizedLinearArgs check_quantized_linear_args(
   return {N, dtype, a_signed, xs, xz, std::move(ws), any_zp};
 }
 
+void check_hadamard_block(const char* op, int64_t hadamard_block, int64_t K) {
+  TORCH_CHECK(hadamard_block == 0 || (hadamard_block >= 2 &&
+                                      (hadamard_block & (hadamard_block - 1)) == 0 &&
+                                      K % hadamard_block == 0),
+              op, ": hadamard_block must be 0 or a power of two >= 2 that divides K = ", K,
+              ", got ", hadamard_block);
+}
+
 DynamicLinearArgs check_dynamic_quantized_linear_args(
     const char* op, const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& w_sum,
@@ -305,11 +313,7 @@ DynamicLinearArgs check_dynamic_quantized_linear_args(
   TORCH_CHECK(x.dim() >= 1, op, ": x must have shape [*, K], got a 0-dim tensor");
   const int64_t N = check_linear_weight(op, x, w_q, w_scale, bias, w_sum);
   const int64_t K = x.size(-1);
-  TORCH_CHECK(hadamard_block == 0 || (hadamard_block >= 2 &&
-                                      (hadamard_block & (hadamard_block - 1)) == 0 &&
-                                      K % hadamard_block == 0),
-              op, ": hadamard_block must be 0 or a power of two >= 2 that divides K = ", K,
-              ", got ", hadamard_block);
+  check_hadamard_block(op, hadamard_block, K);
   if (smooth.has_value()) {
     const at::Tensor& s = *smooth;
     TORCH_CHECK(at::isFloatingType(s.scalar_type()), op,

@@ -211,4 +211,7 @@ DynamicLinearArgs check_dynamic_quantized_linear_args(
     std::string_view act_mode, const std::optional<at::Tensor>& smooth, int64_t hadamard_block,
     ValueCheck values);
 
+// hadamard_block is 0 (none) or a power of two >= 2 that divides K.
+void check_hadamard_block(const char* op, int64_t hadamard_block, int64_t K);
+
 }  // namespace torch_quant
