@@ -161,3 +161,13 @@ class Tiny(nn.Module):
 ALL_TINY = ["blocks.0.attn", "blocks.0.mlp.fc", "blocks.0.mlp.proj", "blocks.0.conv",
             "blocks.1.attn", "blocks.1.mlp.fc", "blocks.1.mlp.proj", "blocks.1.conv", "lm_head"]
 MLP_TINY = {"blocks.0.mlp.fc", "blocks.0.mlp.proj", "blocks.1.mlp.fc", "blocks.1.mlp.proj"}
+
+
+def tiny_llama(seed: int = 0, tie: bool = False):
+    """A 2-layer random Llama built from a config (no download), vocabulary 96."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=96,
+                                   tie_word_embeddings=tie)
+    return transformers.LlamaForCausalLM(cfg).eval()

@@ -16,13 +16,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 from torch_quant.lora import QuantLoraLinear, register_lora  # noqa: E402
 
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=96,
-                                   tie_word_embeddings=False)
-    return transformers.LlamaForCausalLM(cfg).eval()
+from model_helpers import tiny_llama  # noqa: E402
 
 
 # a fixed text, as token ids: a short sentence repeated, which LoRA on the

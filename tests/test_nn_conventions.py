@@ -17,6 +17,7 @@ import torch_quant as tq
 from torch_quant.nn import PackedWeight
 
 from conftest import assert_same
+from model_helpers import tiny_llama
 
 
 def test_weight_is_the_logical_int8_parameter_held_once(gen):
@@ -155,17 +156,9 @@ def test_accelerate_can_move_and_set_the_weight():
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_llama(tie: bool):
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=96,
-                                   tie_word_embeddings=tie)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
 @pytest.mark.parametrize("tie", [True, False])
 def test_hf_num_parameters_and_tie_weights_on_a_converted_model(tie):
-    model = tiny_llama(tie)
+    model = tiny_llama(tie=tie)
     n = model.num_parameters()
     trainable = model.num_parameters(only_trainable=True)
     ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(1))

@@ -12,6 +12,7 @@ from torch import nn
 
 import torch_quant as tq
 from torch_quant.hadamard import hadamard_matrix
+from torch_quant.ops import reference as ref
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -119,6 +120,8 @@ def test_grad_x_op_matches_its_formula_and_passes_opcheck(gen):
     h = torch.block_diag(*[hadamard_matrix(8).float()] * 8)
     want = ((g @ (w_q.float() * w_scale[:, None])) @ h) * s
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, ref.quantized_linear_grad_x(g, w_q, w_scale, 64, s, 8),
+                               rtol=1e-5, atol=1e-5)
     assert tq.ops.quantized_linear_grad_x(g, w_q, w_scale, 64, None, 0,
                                           torch.bfloat16).dtype == torch.bfloat16
     torch.library.opcheck(torch.ops.torch_quant.quantized_linear_grad_x.default,

@@ -196,6 +196,21 @@ def dynamic_quantized_linear(
     return quantized_linear(x_q, scale, zp, w_q, w_scale, bias, w_sum, out_dtype=x.dtype)
 
 
+def quantized_linear_grad_x(grad_out: Tensor, w_q: Tensor, w_scale: Tensor, K: int,
+                            smooth: Optional[Tensor] = None, hadamard_block: int = 0,
+                            out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """docs/semantics.md, "Gradients": grad_out times the dequantized weight,
+    times the block-diagonal Hadamard matrix (dense, float64), times smooth."""
+    w = unpack_weight(w_q, K) if w_q.dim() == 3 else w_q
+    g = grad_out.double() @ (w.double() * w_scale.double()[:, None])
+    if hadamard_block:
+        h = torch.block_diag(*[hadamard_matrix(hadamard_block)] * (K // hadamard_block))
+        g = g @ h.to(g.device)
+    if smooth is not None:
+        g = g * smooth.double()
+    return g.to(out_dtype or grad_out.dtype)
+
+
 # ---------------------------------------------------------------------------
 # Packed weights (docs/semantics.md, "Packed weights")
 
